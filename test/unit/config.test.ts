@@ -1,0 +1,103 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, envBindings, loadConfig } from '../../agent/config/load.js';
+import { AgentConfigSchema } from '../../agent/config/schema.js';
+
+const EXAMPLE = new URL('../../config/agent.example.json', import.meta.url).pathname;
+
+function fileReader(files: Record<string, string>) {
+  return (path: string) => {
+    const text = files[path];
+    if (text === undefined) throw Object.assign(new Error(`ENOENT: ${path}`), { code: 'ENOENT' });
+    return text;
+  };
+}
+
+function problemsOf(fn: () => unknown): { path: string; message: string }[] {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as ConfigError).problems;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('configuration', () => {
+  it('has safe defaults when nothing is configured', () => {
+    const { config, file } = loadConfig({ env: {}, readFile: fileReader({}) });
+    expect(file).toBeUndefined();
+    expect(config.bootstrap.mode).toBe('plain');
+    expect(config.bootstrap.timeoutMs).toBe(15_000);
+    expect(config.identity.macFormat).toBe('lower-colon');
+    expect(config.identity.externalKeyFile).toBe('/etc/mg-device-agent/external_key');
+    expect(config.mqtt.topicScheme).toBe('domain');
+    expect(config.mqtt.tlsVerify).toBe(true);
+    expect(config.state.dir).toBe('/var/lib/mg-device-agent');
+  });
+
+  it('reads the file, then lets MG_AGENT_* variables win, with types coerced', () => {
+    const files = { '/c.json': JSON.stringify({ bootstrap: { url: 'http://a:9013', timeoutMs: 5000 }, mqtt: { qos: 0 } }) };
+    const { config, file } = loadConfig({
+      configPath: '/c.json',
+      readFile: fileReader(files),
+      env: {
+        MG_AGENT_BOOTSTRAP_URL: 'http://b:9013',
+        MG_AGENT_MQTT_DOMAIN_ID: 'dom-1',
+        MG_AGENT_MQTT_PROTOCOL_VERSION: '5',
+        MG_AGENT_MQTT_TLS_VERIFY: 'false',
+      },
+    });
+    expect(file).toBe('/c.json');
+    expect(config.bootstrap.url).toBe('http://b:9013');
+    expect(config.bootstrap.timeoutMs).toBe(5000);
+    expect(config.mqtt.qos).toBe(0);
+    expect(config.mqtt.domainId).toBe('dom-1');
+    expect(config.mqtt.protocolVersion).toBe(5);
+    expect(config.mqtt.tlsVerify).toBe(false);
+  });
+
+  it('maps every key to exactly one variable named after it', () => {
+    const names = envBindings().map((b) => b.variable);
+    expect(new Set(names).size).toBe(names.length);
+    expect(names).toContain('MG_AGENT_IDENTITY_EXTERNAL_KEY_FILE');
+    expect(names).toContain('MG_AGENT_STATE_KEEP_GENERATIONS');
+    expect(names).toContain('MG_AGENT_RETRY_PERMANENT_MAX_DELAY_MS');
+    const keys = Object.entries(AgentConfigSchema.shape).length;
+    expect(keys).toBeGreaterThan(0);
+  });
+
+  it('lists every problem at once, with the path and the variable it came from', () => {
+    const files = { '/c.json': JSON.stringify({ bootstrap: { mode: 'fast', timeoutMs: -1, extra: 1 }, mqtt: { url: 'ftp://x' } }) };
+    const problems = problemsOf(() =>
+      loadConfig({ configPath: '/c.json', readFile: fileReader(files), env: { MG_AGENT_MQTT_QOS: 'two', MG_AGENT_MQTT_TYPO: '1' } }),
+    );
+    const paths = problems.map((p) => p.path);
+    expect(paths).toContain('bootstrap.mode');
+    expect(paths).toContain('bootstrap.timeoutMs');
+    expect(paths).toContain('mqtt.url');
+    expect(paths).toContain('mqtt.qos (from MG_AGENT_MQTT_QOS)');
+    expect(paths).toContain('MG_AGENT_MQTT_TYPO');
+    expect(problems.find((p) => p.path === 'bootstrap')?.message).toContain('extra');
+  });
+
+  it('names a file that is not JSON, and a missing explicit file', () => {
+    const bad = problemsOf(() => loadConfig({ configPath: '/c.json', readFile: fileReader({ '/c.json': '{ "bootstrap": ' }), env: {} }));
+    expect(bad[0]?.message).toMatch(/not valid JSON/);
+    expect(() => loadConfig({ configPath: '/nope.json', readFile: fileReader({}), env: {} })).toThrowError(
+      expect.objectContaining({ code: 'CONFIG_FILE_UNREADABLE' }),
+    );
+  });
+
+  it('the example file is valid and documents every key of the schema', () => {
+    const text = readFileSync(EXAMPLE, 'utf8');
+    const { config } = loadConfig({ configPath: EXAMPLE, env: {} });
+    expect(config.bootstrap.url).toBe('http://bootstrap.example.com:9013');
+    const raw = JSON.parse(text) as Record<string, Record<string, unknown>>;
+    for (const b of envBindings()) {
+      expect(raw[b.section], `section ${b.section}`).toBeDefined();
+      expect(Object.keys(raw[b.section] ?? {}), `${b.section}.${b.key} in the example`).toContain(b.key);
+      expect(Object.keys(raw[b.section] ?? {}), `${b.section}.${b.key} documented`).toContain(`//${b.key}`);
+    }
+  });
+});
