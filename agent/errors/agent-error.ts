@@ -47,6 +47,7 @@ export const ErrorCodes = [
   'MQTT_AUTH_REFUSED',
   'MQTT_CONNECT_REFUSED',
   'MQTT_SUBSCRIBE_REFUSED',
+  'MQTT_PUBLISH_REFUSED',
   'MQTT_PROTOCOL',
   // anything we did not foresee
   'INTERNAL',

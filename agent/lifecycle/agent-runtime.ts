@@ -6,6 +6,7 @@ import { AgentError, toAgentError, type ErrorCode } from '../errors/agent-error.
 import { backoffDelay, policyFor, withRetryAfter } from './backoff.js';
 import { classifyFailure, isClockProblem, type FailureClass } from './failure-policy.js';
 import { SlidingWindowBreaker } from './circuit-breaker.js';
+import { STATUS_OFFLINE, STATUS_ONLINE } from '../mqtt/status.js';
 
 /*
  * The agent's main loop: identity → last good configuration or bootstrap → write a candidate →
@@ -103,8 +104,7 @@ export type AgentState =
   | 'stopping'
   | 'stopped';
 
-export const STATUS_ONLINE = 'online';
-export const STATUS_OFFLINE = 'offline';
+export { STATUS_ONLINE, STATUS_OFFLINE };
 
 class StopRequested extends Error {}
 
@@ -409,11 +409,7 @@ export class AgentRuntime<G extends GenerationPort> {
         );
     }
     this.subscribedChannels = granted;
-    if (plan.statusTopic) {
-      await session.publish(plan.statusTopic, STATUS_ONLINE, { qos: 1, retain: true }).catch((err: unknown) => {
-        this.log.warn({ ...toAgentError(err).toLog() }, 'could not publish the online status');
-      });
-    }
+    await this.publishOnline(session, plan);
     this.resetAttempts();
     this.log.info(
       { generation: gen.id, subscribed: granted, refused: plan.subscriptions.length - granted.length, statusTopic: plan.statusTopic },
@@ -424,7 +420,7 @@ export class AgentRuntime<G extends GenerationPort> {
 
     const sessionScope = new AbortController();
     const refused = plan.subscriptions.filter((sub) => !granted.includes(sub.channelId));
-    if (refused.length > 0) void this.retrySubscriptions(session, refused, gen.id, plan.subscriptions.length, sessionScope.signal);
+    if (refused.length > 0) void this.retrySubscriptions(session, plan, refused, gen.id, sessionScope.signal);
 
     const switchPromise = new Promise<G>((resolve) => {
       this.switchTo = resolve;
@@ -459,11 +455,12 @@ export class AgentRuntime<G extends GenerationPort> {
    */
   private async retrySubscriptions(
     session: SessionPort,
+    plan: SessionPlan,
     refused: { channelId: string; filter: string }[],
     generation: number,
-    total: number,
     signal: AbortSignal,
   ): Promise<void> {
+    const total = plan.subscriptions.length;
     const retry = this.deps.config.retry;
     const policy = { initialDelayMs: retry.initialDelayMs * 5, maxDelayMs: retry.maxDelayMs };
     let pending = refused;
@@ -483,10 +480,19 @@ export class AgentRuntime<G extends GenerationPort> {
       }
       pending = pending.filter((p) => !nowGranted.includes(p));
       if (nowGranted.length > 0) {
+        // A broker that refused the channel also dropped the online status published on it.
+        await this.publishOnline(session, plan);
         this.log.info({ generation, subscribed: this.subscribedChannels, refused: pending.length }, `online: subscribed to ${this.subscribedChannels.length} of ${total} channels`);
         this.setState('online', `generation ${generation}, ${this.subscribedChannels.length}/${total} channels`);
       }
     }
+  }
+
+  private async publishOnline(session: SessionPort, plan: SessionPlan): Promise<void> {
+    if (!plan.statusTopic) return;
+    await session.publish(plan.statusTopic, STATUS_ONLINE, { qos: 1, retain: true }).catch((err: unknown) => {
+      this.log.warn({ ...toAgentError(err).toLog() }, 'could not publish the online status');
+    });
   }
 
   private async persistIdentity(): Promise<void> {
