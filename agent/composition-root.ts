@@ -168,7 +168,7 @@ export async function buildAgent(options: BuildOptions): Promise<BuiltAgent> {
     },
     async stop() {
       // Reverse order of construction: the runtime (session, loop), then the notifier, then HTTP.
-      await runtime.stop().catch((err: unknown) => logger.warn(toAgentError(err).toLog(), 'error while stopping the runtime'));
+      await runtime.stop().catch((err: unknown) => { const e = toAgentError(err); logger.warn(e.toLog(), `error while stopping the runtime: ${e.message}`); });
       try {
         notifier.stop();
       } catch {

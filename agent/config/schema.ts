@@ -48,7 +48,7 @@ export const IdentitySchema = z
     interface: nonEmpty.optional(),
     macFormat: z.enum(MacFormats).default('lower-colon'),
     /** File with the external key, mode 0600 or 0400. $CREDENTIALS_DIRECTORY/external_key wins when present. */
-    externalKeyFile: absolutePath.default('/etc/mg-device-agent/external_key'),
+    externalKeyFile: absolutePath.default('/etc/mg-device-agent/credentials/external_key'),
   })
   .prefault({});
 

@@ -1,12 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync, lstatSync, readlinkSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, statSync, lstatSync, readlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { startDevStack, type DevStack } from './stack.js';
 import { AgentProcess } from './agent-process.js';
 import { makeTestCerts } from './dev-pki.js';
-import { ManagementClient } from '../operator/management-client.js';
+import { cleanAgentEnv, registerDevice, writeDeviceFiles } from './scenario.js';
 import { listInterfaces } from '../identity/list-interfaces.js';
 import { chooseInterface, formatMac } from '../identity/choose-interface.js';
 
@@ -85,53 +85,25 @@ async function main(): Promise<number> {
     record('dev stack', true, `Bootstrap ${stack.bootstrapUrl}, MQTT ${stack.mqttUrl}${pki ? ' (mutual TLS)' : ' (no openssl: plain TCP)'}`);
 
     // 3. The operator registers the device: three channels, content pointing at the broker, certificates.
-    const channelIds: string[] = [];
-    for (const name of ['commands', 'telemetry', 'alerts']) {
-      const res = await fetch(`${stack.bootstrapUrl}/dev/channels`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', authorization: `Bearer ${stack.userToken}` },
-        body: JSON.stringify({ domain_id: stack.domainId, name }),
-      });
-      channelIds.push(((await res.json()) as { id: string }).id);
-    }
-    const externalKey = randomBytes(32).toString('hex');
-    const operator = new ManagementClient({ baseUrl: stack.bootstrapUrl, userToken: stack.userToken, domainId: stack.domainId });
-    const content = JSON.stringify({ agent: { mqtt: { url: stack.mqttUrl } }, domain_id: stack.domainId });
-    const { clientId } = await operator.createConfig({
+    const device = await registerDevice(stack, {
       externalId,
-      externalKey,
-      name: 'demo device',
-      channels: channelIds,
-      content,
-      ...(pki ? { clientCert: pki.clientCert, clientKey: pki.clientKey, caCert: pki.caCert } : {}),
+      channelNames: ['commands', 'telemetry', 'alerts'],
+      ...(pki ? { certs: { clientCert: pki.clientCert, clientKey: pki.clientKey, caCert: pki.caCert } } : {}),
     });
+    const { clientId, channelIds, externalKey, operator } = device;
     record('device registered', true, `client ${clientId}, channels ${channelIds.length}, not yet enabled`);
 
     // 4. The device's files: external key and encryption key (0600), configuration.
-    const stateDir = join(work, 'state');
-    const keyFile = join(work, 'external_key');
-    const encryptKeyFile = join(work, 'encrypt_key');
-    writeFileSync(keyFile, externalKey + '\n', { mode: 0o600 });
-    writeFileSync(encryptKeyFile, encryptKey, { mode: 0o600 });
-    const configFile = join(work, 'agent.json');
-    writeFileSync(
-      configFile,
-      JSON.stringify(
-        {
-          bootstrap: { url: stack.bootstrapUrl, mode: 'secure', encryptKeyFile },
-          identity: { externalKeyFile: keyFile },
-          state: { dir: stateDir },
-          retry: { initialDelayMs: 200 },
-          mqtt: { statusChannel: 'commands' },
-        },
-        null,
-        2,
-      ),
-    );
+    const files = writeDeviceFiles(work, {
+      bootstrapUrl: stack.bootstrapUrl,
+      externalKey,
+      encryptKey,
+      config: { mqtt: { statusChannel: 'commands' } },
+    });
+    const { stateDir, configFile } = files;
 
     // 5. The real agent process, in secure mode.
-    const env = { ...process.env };
-    for (const k of Object.keys(env)) if (k.startsWith('MG_AGENT_') || k === 'NOTIFY_SOCKET' || k === 'CREDENTIALS_DIRECTORY') delete env[k];
+    const env = cleanAgentEnv();
     const statusTopic = `m/${stack.domainId}/c/${channelIds[0]}/status`;
     const statusSeen: { payload: string; retain: boolean }[] = [];
     stack.broker.events.on('published', (p: { topic: string; payload: Buffer; retain: boolean }) => {

@@ -76,9 +76,12 @@ export class AgentError extends Error {
     this.retryAfterMs = options.retryAfterMs;
   }
 
-  /** What goes into a log line: code, message, details; never the cause's own text verbatim. */
-  toLog(): { code: ErrorCode; message: string } & Record<string, unknown> {
-    return { code: this.code, message: this.message, ...this.details };
+  /**
+   * The structured fields of a log line: code and details. The message goes into the line's `msg`
+   * (callers write `${error.message}` there), so it is not repeated; the cause's text never is.
+   */
+  toLog(): { code: ErrorCode } & Record<string, unknown> {
+    return { code: this.code, ...this.details };
   }
 }
 

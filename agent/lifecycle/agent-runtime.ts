@@ -147,7 +147,7 @@ export class AgentRuntime<G extends GenerationPort> {
     this.loopDone = this.loop().catch((err: unknown) => {
       if (err instanceof StopRequested || this.abort.signal.aborted) return;
       this.fatal = toAgentError(err);
-      this.log.fatal(this.fatal.toLog(), 'agent stopped on an unrecoverable error');
+      this.log.fatal(this.fatal.toLog(), `agent stopped on an unrecoverable error: ${this.fatal.message}`);
     });
   }
 
@@ -274,7 +274,7 @@ export class AgentRuntime<G extends GenerationPort> {
         // The broker refused the credentials: end that client (done), ask Bootstrap once for fresh
         // ones and connect with what comes back, a bounded number of times per hour.
         if (this.authBreaker.tryAcquire()) {
-          this.log.warn({ ...error.toLog() }, 'broker refused the credentials; re-bootstrapping');
+          this.log.warn({ ...error.toLog() }, `broker refused the credentials (${error.message}); re-bootstrapping`);
           try {
             candidate = await this.bootstrapCandidate(current);
             if (candidate) continue;
@@ -491,7 +491,8 @@ export class AgentRuntime<G extends GenerationPort> {
   private async publishOnline(session: SessionPort, plan: SessionPlan): Promise<void> {
     if (!plan.statusTopic) return;
     await session.publish(plan.statusTopic, STATUS_ONLINE, { qos: 1, retain: true }).catch((err: unknown) => {
-      this.log.warn({ ...toAgentError(err).toLog() }, 'could not publish the online status');
+      const error = toAgentError(err);
+      this.log.warn(error.toLog(), `could not publish the online status: ${error.message}`);
     });
   }
 
@@ -507,7 +508,8 @@ export class AgentRuntime<G extends GenerationPort> {
       });
       identity.source = 'persisted';
     } catch (err) {
-      this.log.warn({ ...toAgentError(err).toLog() }, 'could not persist the external ID; will try again after the next success');
+      const error = toAgentError(err);
+      this.log.warn(error.toLog(), `could not persist the external ID (${error.message}); will try again after the next success`);
     }
   }
 
@@ -516,6 +518,9 @@ export class AgentRuntime<G extends GenerationPort> {
     if (!parsed) return;
     Promise.resolve()
       .then(() => this.deps.messageHandler.handle({ topic: message.topic, ...parsed, payload: message.payload }))
-      .catch((err: unknown) => this.log.warn({ topic: message.topic, ...toAgentError(err).toLog() }, 'message handler failed'));
+      .catch((err: unknown) => {
+        const error = toAgentError(err);
+        this.log.warn({ topic: message.topic, ...error.toLog() }, `message handler failed: ${error.message}`);
+      });
   }
 }

@@ -330,7 +330,8 @@ export class MqttSession {
    */
   stop(options: StopOptions): Promise<void> {
     this.stopPromise ??= this.runStop(options).catch((err: unknown) => {
-      this.log.warn({ ...classifyMqttError(err).toLog() }, 'error while stopping the MQTT session');
+      const error = classifyMqttError(err);
+      this.log.warn(error.toLog(), `error while stopping the MQTT session: ${error.message}`);
     });
     return this.stopPromise;
   }
@@ -357,7 +358,8 @@ export class MqttSession {
         try {
           await this.publishOn(conn, status.topic, status.payload, { qos: 1, retain: true });
         } catch (err) {
-          this.log.warn({ topic: status.topic, ...classifyMqttError(err).toLog() }, 'could not publish the status before disconnecting');
+          const error = classifyMqttError(err);
+          this.log.warn({ topic: status.topic, ...error.toLog() }, `could not publish the status before disconnecting: ${error.message}`);
         }
       }
       await new Promise<void>((resolve) => {

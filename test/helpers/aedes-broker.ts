@@ -130,7 +130,7 @@ export async function startAedesBroker(options: TestBrokerOptions = {}): Promise
 /** A plain MQTT.js client for the other side of a test (publisher, observer). Ends itself on close(). */
 export async function connectObserver(
   url: string,
-  options: { username?: string; password?: string; clientId?: string; ca?: string } = {},
+  options: { username?: string; password?: string; clientId?: string; ca?: string; cert?: string; key?: string } = {},
 ): Promise<MqttClient & { closeNow(): Promise<void> }> {
   const client = mqttConnect(url, {
     reconnectPeriod: 0,
@@ -140,6 +140,8 @@ export async function connectObserver(
     ...(options.username !== undefined ? { username: options.username } : {}),
     ...(options.password !== undefined ? { password: options.password } : {}),
     ...(options.ca !== undefined ? { ca: options.ca } : {}),
+    ...(options.cert !== undefined ? { cert: options.cert } : {}),
+    ...(options.key !== undefined ? { key: options.key } : {}),
   });
   await new Promise<void>((resolve, reject) => {
     client.once('connect', () => resolve());
@@ -155,7 +157,7 @@ export async function connectObserver(
 export async function readRetained(
   url: string,
   topic: string,
-  options: { username?: string; password?: string; waitMs?: number } = {},
+  options: { username?: string; password?: string; waitMs?: number; ca?: string; cert?: string; key?: string } = {},
 ): Promise<string | undefined> {
   const observer = await connectObserver(url, options);
   try {

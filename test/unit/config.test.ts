@@ -30,7 +30,7 @@ describe('configuration', () => {
     expect(config.bootstrap.mode).toBe('plain');
     expect(config.bootstrap.timeoutMs).toBe(15_000);
     expect(config.identity.macFormat).toBe('lower-colon');
-    expect(config.identity.externalKeyFile).toBe('/etc/mg-device-agent/external_key');
+    expect(config.identity.externalKeyFile).toBe('/etc/mg-device-agent/credentials/external_key');
     expect(config.mqtt.topicScheme).toBe('domain');
     expect(config.mqtt.tlsVerify).toBe(true);
     expect(config.state.dir).toBe('/var/lib/mg-device-agent');
