@@ -142,6 +142,8 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
     expect(readFileSync(join(root, UNIT), 'utf8')).toBe(readFileSync(join(REPO, 'systemd/mg-device-agent.service'), 'utf8'));
     expect(expectEntry(WANTS_LINK, 'link', '0777').target).toBe('/etc/systemd/system/mg-device-agent.service');
     expectEntry('etc/sysusers.d/mg-device-agent.conf', 'file', '0644');
+    expectEntry('etc/credstore', 'dir', '0700');
+    expect(expectEntry('etc/credstore/mg-device-agent.encrypt_key', 'link', '0777').target).toBe('/etc/mg-device-agent/credentials/encrypt_key');
     // The state directory is systemd's to create (StateDirectory=, 0700, owned by the user).
     expect(first.has('var/lib/mg-device-agent')).toBe(false);
     // Nothing of the installer's own working files left behind.
@@ -179,6 +181,37 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
     expect(strip(snapshot(fromTarball))).toEqual(strip(snapshot(fromTree)));
   });
 
+  it('installs from a built source checkout with production dependencies only', () => {
+    const checkout = tempDir('mgda-checkout-');
+    for (const file of ['package.json', 'package-lock.json']) cpSync(join(REPO, file), join(checkout, file));
+    for (const dir of ['systemd', 'scripts']) cpSync(join(REPO, dir), join(checkout, dir), { recursive: true });
+    mkdirSync(join(checkout, 'dist/cli'), { recursive: true });
+    mkdirSync(join(checkout, 'dist/devstack'), { recursive: true });
+    writeFileSync(join(checkout, 'dist/cli/main.js'), 'console.log("checkout build");\n');
+    writeFileSync(join(checkout, 'dist/devstack/demo.js'), '// development only\n');
+    // The checkout's own node_modules holds dev tools; they must not reach the device.
+    mkdirSync(join(checkout, 'node_modules/vitest'), { recursive: true });
+    writeFileSync(join(checkout, 'node_modules/vitest/package.json'), '{"name":"vitest","version":"0.0.0"}\n');
+    const root = tempDir('mgda-root-');
+
+    // Offline: the npm cache that installed this checkout has every locked package.
+    const result = spawnSync('bash', [join(checkout, 'scripts/install.sh'), '--root', root], {
+      encoding: 'utf8',
+      env: { ...process.env, npm_config_offline: 'true' },
+    });
+    expect(result.status, `${result.stdout}${result.stderr}`).toBe(0);
+
+    const installed = join(root, 'opt/mg-device-agent');
+    const pkg = JSON.parse(readFileSync(join(REPO, 'package.json'), 'utf8')) as { dependencies: Record<string, string> };
+    for (const [dep, version] of Object.entries(pkg.dependencies)) {
+      expect(JSON.parse(readFileSync(join(installed, 'node_modules', dep, 'package.json'), 'utf8')).version, dep).toBe(version);
+    }
+    for (const dev of ['vitest', 'aedes', 'typescript', 'nock']) expect(existsSync(join(installed, 'node_modules', dev)), dev).toBe(false);
+    expect(readFileSync(join(installed, 'dist/cli/main.js'), 'utf8')).toContain('checkout build');
+    expect(existsSync(join(installed, 'dist/devstack'))).toBe(false);
+    expect(existsSync(join(installed, 'package-lock.json'))).toBe(false);
+  });
+
   it('leaves the operator\'s configuration and credentials alone on reinstall and uninstall; purge removes them', () => {
     const release = fakeRelease();
     const root = tempDir('mgda-root-');
@@ -198,7 +231,7 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
     expect(readFileSync(config, 'utf8')).toContain('127.0.0.1:9013');
 
     runOk(['--root', root, '--uninstall']);
-    for (const gone of ['opt/mg-device-agent', 'usr/local/bin/mg-device-agent', UNIT, WANTS_LINK, 'etc/sysusers.d/mg-device-agent.conf']) {
+    for (const gone of ['opt/mg-device-agent', 'usr/local/bin/mg-device-agent', UNIT, WANTS_LINK, 'etc/sysusers.d/mg-device-agent.conf', 'etc/credstore/mg-device-agent.encrypt_key']) {
       expect(lstatSync(join(root, gone), { throwIfNoEntry: false }), gone).toBeUndefined();
     }
     expect(readFileSync(externalKey, 'utf8')).toBe('device-external-key\n');
@@ -211,6 +244,24 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
     expect(existsSync(join(root, 'var/lib/mg-device-agent'))).toBe(false);
     // Kept on purpose: a reused UID would own whatever the old one left behind.
     expect(passwdEntry(root, 'passwd', 'mg-device-agent')).toBeDefined();
+  });
+
+  it('never replaces an encryption key put straight into the credential store; purge removes it', () => {
+    const release = fakeRelease();
+    const root = tempDir('mgda-root-');
+    const storeKey = join(root, 'etc/credstore/mg-device-agent.encrypt_key');
+    mkdirSync(join(root, 'etc/credstore'), { recursive: true, mode: 0o700 });
+    writeFileSync(storeKey, 'sixteen byte key\n', { mode: 0o600 });
+
+    runOk(['--root', root, '--source', release]);
+    runOk(['--root', root, '--source', release]);
+    expect(lstatSync(storeKey).isFile()).toBe(true);
+    expect(readFileSync(storeKey, 'utf8')).toBe('sixteen byte key\n');
+
+    runOk(['--root', root, '--uninstall']);
+    expect(readFileSync(storeKey, 'utf8')).toBe('sixteen byte key\n');
+    runOk(['--root', root, '--purge']);
+    expect(lstatSync(storeKey, { throwIfNoEntry: false })).toBeUndefined();
   });
 
   it('refuses a Node.js older than 20.19 with a clear message, before touching anything', () => {

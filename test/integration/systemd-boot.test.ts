@@ -1,7 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,9 +10,11 @@ import { makeTempDir } from '../helpers/temp-dir.js';
 /**
  * The unit under a real systemd: PID 1 of private PID, mount, network, UTS, IPC and cgroup
  * namespaces, with overlays on /etc, /var/lib, /opt and /usr/local so the host is left as it was.
- * The service is the real systemd/mg-device-agent.service with its full hardening, running a small
- * Node program that uses the real notifier (agent/systemd/notify.ts) and reports what it can and
- * cannot do. This is what proves that systemd accepts the helper's READY=1 and WATCHDOG=1, that the
+ * scripts/install.sh installs a release-shaped tree there the way it does on a device (live mode:
+ * sysusers, daemon-reload, enable, start), and the service is the real
+ * systemd/mg-device-agent.service with its full hardening. Its program is a small Node script
+ * that uses the real notifier (agent/systemd/notify.ts) and reports what it can and cannot do.
+ * This is what proves that systemd accepts the helper's READY=1 and WATCHDOG=1, that the
  * credentials arrive, and that the sandbox leaves Node, systeminformation and `ip` working.
  *
  * Needs root, util-linux (unshare, nsenter), systemd, and a kernel with overlayfs and cgroup2.
@@ -47,14 +49,14 @@ if (missing.length > 0 && !onCi) {
   console.warn(`\n!!! SKIPPING the real-systemd unit test: missing ${missing.join(', ')}. Under CI=true this is a failure. !!!\n`);
 }
 
-/** Run by the unit's ExecStart (through the same kind of wrapper install.sh writes). */
+/** Installed as dist/cli/main.js, so the unit's ExecStart runs it through install.sh's wrapper. */
 const CHECK_PROGRAM = String.raw`
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import si from 'systeminformation';
-import { createSystemdNotifier } from './systemd/notify.js';
+import { createSystemdNotifier } from '../systemd/notify.js';
 
 const report = {};
 const attempt = async (name, fn) => {
@@ -121,14 +123,7 @@ mkdir -p ${DROP_IN_DIR} /run/check
 umount -R /sys/fs/cgroup 2>/dev/null || true
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 
-mkdir -p /opt/mg-device-agent
-cp -a "$B/app/." /opt/mg-device-agent/
-printf '#!/bin/sh\\nexec node /opt/mg-device-agent/dist/check.mjs "$@"\\n' > /usr/local/bin/mg-device-agent
-chmod 0755 /usr/local/bin/mg-device-agent
-install -m 0644 ${join(REPO, 'systemd/mg-device-agent.service')} /etc/systemd/system/${UNIT}
-mkdir -p /etc/sysusers.d
-install -m 0644 ${join(REPO, 'systemd/mg-device-agent.sysusers')} /etc/sysusers.d/mg-device-agent.conf
-systemd-sysusers /etc/sysusers.d/mg-device-agent.conf
+# What the operator provides: the external key, root-only.
 install -d -m 0755 /etc/mg-device-agent
 install -d -m 0700 /etc/mg-device-agent/credentials
 install -m 0600 "$B/external_key" /etc/mg-device-agent/credentials/external_key
@@ -144,7 +139,6 @@ EOF
 cat > /run/systemd/system/check.target <<'EOF'
 [Unit]
 DefaultDependencies=no
-Wants=${UNIT}
 EOF
 export container=mg-device-agent-test
 # A container's PID 1 leaves propagation alone, but its credential set-up mounts in a helper's
@@ -156,6 +150,7 @@ exec ${SYSTEMD} --system --unit=check.target --log-level=warning
 
 interface Booted {
   pid1: number;
+  release: string;
   unshare: ChildProcess;
   cleanup: () => Promise<void>;
 }
@@ -195,7 +190,7 @@ function report(): Record<string, unknown> {
   return JSON.parse(line?.slice('REPORT '.length) ?? '{}') as Record<string, unknown>;
 }
 
-/** Applies a drop-in (or removes them all when content is undefined), reloads, clears failures. */
+/** Replaces the test case's drop-in (none when undefined), reloads, and clears the failed state. */
 function configure(dropIn: string | undefined): void {
   const write = dropIn === undefined ? '' : `echo ${Buffer.from(`${dropIn}\n`).toString('base64')} | base64 -d > ${DROP_IN_DIR}/50-case.conf;`;
   const result = inNamespace(`rm -f ${DROP_IN_DIR}/50-case.conf; ${write} systemctl daemon-reload; systemctl reset-failed ${UNIT} 2>/dev/null; true`);
@@ -215,17 +210,24 @@ describe.skipIf(missing.length > 0 && !onCi)('the unit under a real systemd (PID
     const temp = makeTempDir('mgda-systemd-');
     const base = temp.dir;
 
-    // The notifier as the agent ships it, compiled on its own.
+    // A release-shaped tree: the notifier as the agent ships it (compiled on its own), the check
+    // program as the CLI, the real unit, sysusers file and installer.
+    const release = join(base, 'release');
     const compiled = spawnSync(
       join(REPO, 'node_modules/.bin/tsc'),
       ['--module', 'NodeNext', '--moduleResolution', 'NodeNext', '--target', 'ES2022', '--lib', 'ES2023', '--types', 'node',
-        '--strict', '--skipLibCheck', '--rootDir', join(REPO, 'agent'), '--outDir', join(base, 'app/dist'), join(REPO, 'agent/systemd/notify.ts')],
+        '--strict', '--skipLibCheck', '--rootDir', join(REPO, 'agent'), '--outDir', join(release, 'dist'), join(REPO, 'agent/systemd/notify.ts')],
       { encoding: 'utf8' },
     );
     expect(compiled.status, compiled.stdout).toBe(0);
-    writeFileSync(join(base, 'app/package.json'), '{ "type": "module" }\n');
-    writeFileSync(join(base, 'app/dist/check.mjs'), CHECK_PROGRAM);
-    symlinkSync(join(REPO, 'node_modules'), join(base, 'app/node_modules'));
+    mkdirSync(join(release, 'dist/cli'), { recursive: true });
+    writeFileSync(join(release, 'dist/cli/main.js'), CHECK_PROGRAM);
+    writeFileSync(join(release, 'package.json'), '{ "name": "mg-device-agent", "version": "0.0.0-test", "type": "module" }\n');
+    writeFileSync(join(release, 'RELEASE'), 'mg-device-agent 0.0.0-test\n');
+    symlinkSync(join(REPO, 'node_modules'), join(release, 'node_modules'));
+    cpSync(join(REPO, 'systemd'), join(release, 'systemd'), { recursive: true });
+    mkdirSync(join(release, 'scripts'));
+    cpSync(join(REPO, 'scripts/install.sh'), join(release, 'scripts/install.sh'));
     externalKey = `external-key-${randomBytes(8).toString('hex')}`;
     writeFileSync(join(base, 'external_key'), `${externalKey}\n`, { mode: 0o600 });
     writeFileSync(join(base, 'inner.sh'), innerScript(base), { mode: 0o755 });
@@ -242,6 +244,7 @@ describe.skipIf(missing.length > 0 && !onCi)('the unit under a real systemd (PID
 
     booted = {
       pid1: 0,
+      release,
       unshare,
       cleanup: async () => {
         // Killing a PID namespace's init kills everything in it; the overlays go with the mount namespace.
@@ -272,6 +275,10 @@ describe.skipIf(missing.length > 0 && !onCi)('the unit under a real systemd (PID
     }, 30_000).catch((error: unknown) => {
       throw new Error(`${String(error)}\n${output}`);
     });
+    await waitFor('systemd to answer', () => inNamespace('systemctl is-system-running').stdout.trim() !== '', 30_000);
+
+    const install = inNamespace(`bash ${join(release, 'scripts/install.sh')} --now`);
+    expect(install.status, `${install.stdout}${install.stderr}`).toBe(0);
     await waitFor('the unit to be running', () => show('SubState').SubState === 'running', 30_000);
   }, 90_000);
 
@@ -280,19 +287,27 @@ describe.skipIf(missing.length > 0 && !onCi)('the unit under a real systemd (PID
     booted = undefined;
   }, 30_000);
 
-  it('becomes active only through the READY=1 that the notifier sends', () => {
-    const state = show('Type', 'NotifyAccess', 'ActiveState', 'SubState', 'StatusText', 'MainPID');
-    expect(state).toMatchObject({ Type: 'notify', NotifyAccess: 'all', ActiveState: 'active', SubState: 'running', StatusText: 'connected (check)' });
+  it('is installed, enabled and started by install.sh, and active only through the READY=1 the notifier sends', () => {
+    const state = show('Type', 'NotifyAccess', 'ActiveState', 'SubState', 'StatusText', 'MainPID', 'UnitFileState', 'FragmentPath');
+    expect(state).toMatchObject({
+      Type: 'notify',
+      NotifyAccess: 'all',
+      ActiveState: 'active',
+      SubState: 'running',
+      StatusText: 'connected (check)',
+      UnitFileState: 'enabled',
+      FragmentPath: '/etc/systemd/system/mg-device-agent.service',
+    });
     const checked = report();
     // The PID in the service's own PID namespace is the one systemd tracks: the wrapper exec'd node.
     expect(String(checked.pid)).toBe(state.MainPID);
     expect(checked.user).toBe('mg-device-agent');
   });
 
-  it('hands over the external key, and an empty encrypt_key when its file is absent', () => {
+  it('hands over the external key, and no encrypt_key while its file is absent', () => {
     const checked = report();
     expect(checked.externalKey).toMatchObject({ sha256: sha256(`${externalKey}\n`), mode: '400' });
-    expect(checked.encryptKey).toMatchObject({ sha256: sha256('\n'), bytes: 1 });
+    expect(checked.encryptKey).toEqual({ error: 'ENOENT' });
     // The source files stay root-only: only systemd's copy is readable.
     expect(checked.readCredentialsSource).toEqual({ error: 'EACCES' });
   });
@@ -366,5 +381,14 @@ describe.skipIf(missing.length > 0 && !onCi)('the unit under a real systemd (PID
     await waitFor('two automatic restarts', () => Number(show('NRestarts').NRestarts) >= 2);
     configure(undefined);
     inNamespace(`systemctl stop ${UNIT}`);
+  });
+
+  it('is stopped and removed by install.sh --purge, credentials and state included', async () => {
+    await restartAndWaitRunning();
+    const purge = inNamespace(`bash ${join(booted?.release ?? '', 'scripts/install.sh')} --purge`);
+    expect(purge.status, `${purge.stdout}${purge.stderr}`).toBe(0);
+    expect(show('LoadState', 'ActiveState')).toEqual({ LoadState: 'not-found', ActiveState: 'inactive' });
+    const left = inNamespace('ls -d /opt/mg-device-agent /usr/local/bin/mg-device-agent /etc/mg-device-agent /var/lib/mg-device-agent 2>/dev/null; true');
+    expect(left.stdout.trim()).toBe('');
   });
 });

@@ -100,15 +100,19 @@ describe('systemd unit contract with the agent and install.sh', () => {
     expect(one('RestartPreventExitStatus')?.split(/\s+/)).toContain('78');
     expect(one('StartLimitIntervalSec')).toBe('0');
     expect(one('WatchdogSec')).toMatch(/^\d+s$/);
+    // READY=1 waits for the broker: a start timeout would restart an offline agent over and over,
+    // resetting its backoff; the watchdog guards against a hang instead.
+    expect(one('TimeoutStartSec')).toBe('infinity');
   });
 
   it('hands both keys over as credentials, the encryption key optional', () => {
     expect(settings.get('LoadCredential')).toEqual([
       'external_key:/etc/mg-device-agent/credentials/external_key',
-      'encrypt_key:/etc/mg-device-agent/credentials/encrypt_key',
+      // By name, from the credential stores: a missing one is skipped instead of failing the start.
+      'encrypt_key:mg-device-agent.encrypt_key',
     ]);
-    // systemd 252 only tolerates a missing LoadCredential= file when SetCredential= gives a default.
-    expect(settings.get('SetCredential')).toEqual(['encrypt_key:\\n']);
+    expect(settings.has('SetCredential')).toBe(false);
+    expect(readFileSync(INSTALL_SCRIPT, 'utf8')).toContain('CREDSTORE_LINK=/etc/credstore/mg-device-agent.encrypt_key');
   });
 
   it('keeps the V8 JIT working and the network reachable', () => {
