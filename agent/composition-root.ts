@@ -10,11 +10,18 @@ import { readEncryptKey, readExternalKey } from './credentials/credentials.js';
 import { resolveIdentity } from './identity/resolve-identity.js';
 import { listInterfaces } from './identity/list-interfaces.js';
 import { GenerationStore, type Generation } from './storage/generation-store.js';
-import { sameConfig } from './storage/config-diff.js';
+import type { Fs } from './storage/atomic-write.js';
 import { MqttSession } from './mqtt/session.js';
 import { channelFilter, channelTopic, parseChannelTopic, pickStatusChannel } from './mqtt/topics.js';
 import { AgentRuntime, STATUS_OFFLINE, type SessionPlan, type SessionPort } from './lifecycle/agent-runtime.js';
 import { LoggingMessageHandler } from './lifecycle/message-handler.js';
+import { RemoteControl } from './control/remote-control.js';
+import { readControlSecret } from './control/secret.js';
+import { BackoffStateFile } from './lifecycle/backoff-state.js';
+import { StatusFileWriter } from './lifecycle/status-writer.js';
+import { OnApplyRunner } from './updates/on-apply.js';
+import { PeriodicSchedule } from './updates/periodic-schedule.js';
+import { WallClockSchedule } from './updates/wall-clock-schedule.js';
 import { createSystemdNotifier } from './systemd/notify.js';
 import { AgentError, toAgentError } from './errors/agent-error.js';
 
@@ -34,6 +41,10 @@ export interface BuildOptions {
   config: AgentConfig;
   logger: Logger;
   env?: NodeJS.ProcessEnv;
+  /** Randomness of backoff and boot jitter; the fleet simulator passes () => 1 to compare against no jitter. */
+  random?: () => number;
+  /** File-system calls of the state store; the torture harness injects ENOSPC/EROFS here. */
+  stateFs?: Fs;
 }
 
 /** Checks that go beyond the schema because they only matter for `run`. */
@@ -52,9 +63,16 @@ function requireForRun(config: AgentConfig, encryptKey: Buffer | undefined): voi
   if (problems.length > 0) throw new ConfigError(problems, 'run');
 }
 
-export async function buildAgent(options: BuildOptions): Promise<BuiltAgent> {
-  const { config, logger } = options;
-  const env = options.env ?? process.env;
+/** How the agent reaches Bootstrap: secrets read once, the client built. Shared by `run` and the CLI's bootstrap and doctor commands. */
+export interface BootstrapAccess {
+  /** The external key (a secret: never logged). */
+  externalKey: string;
+  fetchConfig(externalId: string, externalKey: string, signal?: AbortSignal): Promise<DeviceConfig>;
+  /** Closes the connection pool of bootstrap.caFile, if any. Never throws. */
+  close(): Promise<void>;
+}
+
+export async function buildBootstrapAccess(config: AgentConfig, env: NodeJS.ProcessEnv): Promise<BootstrapAccess> {
   const credentialsDirectory = env['CREDENTIALS_DIRECTORY'];
 
   // Secrets are read once at start-up, so a bad key file stops the agent with exit 78 right away.
@@ -84,8 +102,22 @@ export async function buildAgent(options: BuildOptions): Promise<BuiltAgent> {
     ...(config.mqtt.domainId ? { domainId: config.mqtt.domainId } : {}),
     requireDomain: config.mqtt.topicScheme === 'domain',
   };
+  return {
+    externalKey,
+    fetchConfig: (externalId, key, signal) => bootstrapClient.fetchConfig(externalId, key, fallbacks, signal ? { signal } : {}),
+    close: async () => {
+      await bootstrapDispatcher?.close().catch(() => undefined);
+    },
+  };
+}
 
-  const store = new GenerationStore({ dir: config.state.dir, keepGenerations: config.state.keepGenerations, logger });
+export async function buildAgent(options: BuildOptions): Promise<BuiltAgent> {
+  const { config, logger } = options;
+  const env = options.env ?? process.env;
+  const bootstrap = await buildBootstrapAccess(config, env);
+  const externalKey = bootstrap.externalKey;
+
+  const store = new GenerationStore({ dir: config.state.dir, keepGenerations: config.state.keepGenerations, logger, ...(options.stateFs ? { fs: options.stateFs } : {}) });
   const brokerCaFallback = config.mqtt.caFile ? await readFile(config.mqtt.caFile, 'utf8') : undefined;
   const scheme = config.mqtt.topicScheme;
 
@@ -106,6 +138,7 @@ export async function buildAgent(options: BuildOptions): Promise<BuiltAgent> {
   };
 
   const createSession = (gen: Generation, plan: SessionPlan): SessionPort => {
+    remoteControl.useGeneration(gen);
     const device = gen.config;
     const ca = device.certs.caCert ?? brokerCaFallback;
     const session = new MqttSession({
@@ -130,6 +163,7 @@ export async function buildAgent(options: BuildOptions): Promise<BuiltAgent> {
     return {
       connect: () => session.connect(),
       subscribe: (filters, qos) => session.subscribe(filters, qos),
+      unsubscribe: (filters) => session.unsubscribe(filters),
       publish: (topic, payload, opts) => session.publish(topic, payload, opts),
       onMessage: (listener) => session.on('message', listener),
       onLost: (listener) => session.on('lost', listener),
@@ -138,6 +172,25 @@ export async function buildAgent(options: BuildOptions): Promise<BuiltAgent> {
   };
 
   const notifier = createSystemdNotifier({ env, logger });
+  const stateFs = options.stateFs ? { fs: options.stateFs } : {};
+  const statusFile = new StatusFileWriter({ stateDir: config.state.dir, logger, ...stateFs });
+  const onApply = config.updates.onApply
+    ? new OnApplyRunner({ command: config.updates.onApply, timeoutMs: config.updates.onApplyTimeoutMs, logger, baseEnv: env })
+    : undefined;
+  // Control-channel requests (req subtopic) go to remote control; every other message is logged as before.
+  const controlSecret = await readControlSecret({ file: config.control.secretFile, credentialsDirectory: env['CREDENTIALS_DIRECTORY'] });
+  const remoteControl: RemoteControl = new RemoteControl({
+    config,
+    ...(controlSecret ? { secret: controlSecret } : {}),
+    fallback: new LoggingMessageHandler(logger),
+    logger,
+    target: {
+      publish: (topic, payload, opts): Promise<void> => runtime.publish(topic, payload, opts),
+      requestUpdate: (reason) => void runtime.requestUpdate(reason),
+      status: () => runtime.status(),
+      generation: () => runtime.generation,
+    },
+  });
   const runtime = new AgentRuntime<Generation>({
     config,
     logger,
@@ -150,31 +203,51 @@ export async function buildAgent(options: BuildOptions): Promise<BuiltAgent> {
         logger,
       }),
     readExternalKey: async () => externalKey,
-    fetchConfig: (externalId, key, signal) => bootstrapClient.fetchConfig(externalId, key, fallbacks, { signal }),
+    fetchConfig: (externalId, key, signal) => bootstrap.fetchConfig(externalId, key, signal),
     planSession,
-    sameConfig,
     createSession,
     parseTopic: (topic) => parseChannelTopic(scheme, topic),
     notifier,
-    messageHandler: new LoggingMessageHandler(logger),
+    messageHandler: remoteControl,
+    attempts: new BackoffStateFile({ stateDir: config.state.dir, logger, ...stateFs }),
+    onStatus: (status) => statusFile.update(status),
+    ...(onApply ? { onApplied: (change) => onApply.run(change) } : {}),
+    ...(options.random ? { random: options.random } : {}),
   });
+  // Configuration checks on a schedule; SIGHUP and the control channel call runtime.requestUpdate themselves.
+  const schedules = [
+    new PeriodicSchedule({
+      intervalMs: config.updates.checkIntervalMs,
+      onDue: () => void runtime.requestUpdate('periodic', { scheduled: true }),
+      ...(options.random ? { random: options.random } : {}),
+    }),
+    ...(config.updates.cron
+      ? [new WallClockSchedule({ expression: config.updates.cron, logger, onDue: ({ catchUp }) => void runtime.requestUpdate(catchUp ? 'cron (catch-up)' : 'cron', { scheduled: true }) })]
+      : []),
+  ];
 
   return {
     runtime,
     start() {
       runtime.start();
-      // The watchdog timer fires from the event loop, so a wedged loop stops the pings by itself.
-      notifier.startWatchdog(() => runtime.state !== 'stopped');
+      for (const schedule of schedules) schedule.start();
+      // The watchdog timer fires from the event loop, so a wedged event loop stops the pings by
+      // itself; runtime.isHealthy() also withholds them while a step of the main loop is stuck.
+      notifier.startWatchdog(() => runtime.isHealthy());
     },
     async stop() {
-      // Reverse order of construction: the runtime (session, loop), then the notifier, then HTTP.
+      // Reverse order of construction: schedules, the runtime (session, loop), the onApply command,
+      // the status file (its final snapshot says "stopped"), the notifier, then HTTP.
+      for (const schedule of schedules) schedule.stop();
       await runtime.stop().catch((err: unknown) => { const e = toAgentError(err); logger.warn(e.toLog(), `error while stopping the runtime: ${e.message}`); });
+      await onApply?.stop().catch(() => undefined);
+      await statusFile.stop().catch(() => undefined);
       try {
         notifier.stop();
       } catch {
         /* never throw halfway through a stop */
       }
-      await bootstrapDispatcher?.close().catch(() => undefined);
+      await bootstrap.close();
     },
   };
 }

@@ -15,9 +15,11 @@ readonly SYSUSERS_PATH=/etc/sysusers.d/mg-device-agent.conf
 readonly CONFIG_DIR=/etc/mg-device-agent
 readonly CREDENTIALS_DIR=/etc/mg-device-agent/credentials
 readonly STATE_DIR=/var/lib/mg-device-agent
-# The unit finds the optional encryption key by credential name in systemd's credential store.
+# The unit finds the optional credentials (encryption key, remote-control secret) by name in
+# systemd's credential store: /etc/credstore/mg-device-agent.<name> -> $CREDENTIALS_DIR/<name>.
 readonly CREDSTORE_DIR=/etc/credstore
-readonly CREDSTORE_LINK=/etc/credstore/mg-device-agent.encrypt_key
+readonly OPTIONAL_CREDENTIALS=(encrypt_key control_secret)
+credstore_link() { printf '%s/mg-device-agent.%s' "$CREDSTORE_DIR" "$1"; }
 readonly NODE_MIN_MAJOR=20
 readonly NODE_MIN_MINOR=19
 
@@ -249,11 +251,15 @@ install_config_dirs() {
   install -d -m 0700 -o root -g root "$ROOT$CREDENTIALS_DIR"
   if [ ! -d "$ROOT$CREDSTORE_DIR" ]; then install -d -m 0700 -o root -g root "$ROOT$CREDSTORE_DIR"; fi
   # A real file there is an operator's key put straight into the store: never replace it.
-  if [ -L "$ROOT$CREDSTORE_LINK" ] || [ ! -e "$ROOT$CREDSTORE_LINK" ]; then
-    ln -sfn "$CREDENTIALS_DIR/encrypt_key" "$ROOT$CREDSTORE_LINK"
-  else
-    info "keeping $CREDSTORE_LINK (a file, not the link to $CREDENTIALS_DIR/encrypt_key)"
-  fi
+  local name link
+  for name in "${OPTIONAL_CREDENTIALS[@]}"; do
+    link=$(credstore_link "$name")
+    if [ -L "$ROOT$link" ] || [ ! -e "$ROOT$link" ]; then
+      ln -sfn "$CREDENTIALS_DIR/$name" "$ROOT$link"
+    else
+      info "keeping $link (a file, not the link to $CREDENTIALS_DIR/$name)"
+    fi
+  done
   if [ -f "$SOURCE_DIR/config/agent.example.json" ]; then
     install -m 0644 -o root -g root "$SOURCE_DIR/config/agent.example.json" "$ROOT$CONFIG_DIR/agent.example.json"
   fi
@@ -325,11 +331,15 @@ do_uninstall() {
   # Whatever systemctl could not reach: the enable symlink and the unit itself.
   rm -f "$ROOT/etc/systemd/system/multi-user.target.wants/$SERVICE.service" "$ROOT$UNIT_PATH"
   rm -f "$ROOT$WRAPPER_PATH" "$ROOT$SYSUSERS_PATH"
-  if [ -L "$ROOT$CREDSTORE_LINK" ]; then rm -f "$ROOT$CREDSTORE_LINK"; fi
+  local name link
+  for name in "${OPTIONAL_CREDENTIALS[@]}"; do
+    link=$(credstore_link "$name")
+    if [ -L "$ROOT$link" ] || { [ "$ACTION" = purge ] && [ -e "$ROOT$link" ]; }; then rm -f "$ROOT$link"; fi
+  done
   rm -rf "$ROOT$INSTALL_DIR" "$ROOT$INSTALL_DIR.new" "$ROOT$INSTALL_DIR.old"
   if systemd_running; then systemctl daemon-reload; fi
   if [ "$ACTION" = purge ]; then
-    rm -rf "$ROOT$CONFIG_DIR" "$ROOT$STATE_DIR" "$ROOT$CREDSTORE_LINK"
+    rm -rf "$ROOT$CONFIG_DIR" "$ROOT$STATE_DIR"
     info "removed $SERVICE with its configuration, credentials and state (the user $SERVICE_USER is kept)"
   else
     info "removed $SERVICE; kept $CONFIG_DIR and $STATE_DIR (--purge removes them)"

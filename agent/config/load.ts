@@ -74,6 +74,17 @@ export function envBindings(): EnvBinding[] {
   return bindings;
 }
 
+/** Where JSON.parse gave up, as line and column, without quoting any of the text. */
+function describeJsonError(text: string, err: unknown): string {
+  const message = (err as Error).message;
+  const position = /position (\d+)/.exec(message)?.[1];
+  if (/Unexpected end of JSON input/.test(message)) return 'it ends too early';
+  const at = position !== undefined ? Number(position) : undefined;
+  if (at === undefined) return text.trim() === '' ? 'the file is empty' : 'unexpected character';
+  const before = text.slice(0, at).split('\n');
+  return `unexpected character at line ${before.length}, column ${(before.at(-1)?.length ?? 0) + 1}`;
+}
+
 /** JSON has no comments: keys starting with "//" are documentation and are dropped before validation. */
 function stripComments(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(stripComments);
@@ -137,12 +148,18 @@ export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
     try {
       parsed = JSON.parse(text);
     } catch (err) {
-      throw new ConfigError([{ path: '(file)', message: `not valid JSON: ${(err as Error).message}` }], path);
+      // V8's message quotes the text around the error: never echo it (the file may be a key file by mistake).
+      throw new ConfigError([{ path: '(file)', message: `not valid JSON (${describeJsonError(text, err)})` }], path);
     }
     if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
       throw new ConfigError([{ path: '(file)', message: 'must be a JSON object' }], path);
     }
-    fileValue = stripComments(parsed) as Record<string, unknown>;
+    try {
+      fileValue = stripComments(parsed) as Record<string, unknown>;
+    } catch {
+      // Only a structure deep enough to exhaust the stack fails here (found by the torture harness).
+      throw new ConfigError([{ path: '(file)', message: 'nested too deeply to be a configuration' }], path);
+    }
   }
 
   const merged: Record<string, Record<string, unknown>> = {};

@@ -1,3 +1,4 @@
+import { validate as validateCron } from 'node-cron';
 import { z } from 'zod';
 
 /**
@@ -12,7 +13,11 @@ const absolutePath = z.string().min(1).refine((p) => p.startsWith('/'), 'must be
 const httpUrl = z
   .string()
   .url('must be a URL such as http://bootstrap.example.com:9013')
-  .refine((u) => /^https?:\/\//i.test(u), 'must start with http:// or https://');
+  .refine((u) => /^https?:\/\//i.test(u), 'must start with http:// or https://')
+  .refine(
+    (u) => !/\/(clients|things)\/bootstrap\/?$/.test(u),
+    'give the base URL only (e.g. http://host:9013): the agent adds /clients/bootstrap itself',
+  );
 
 const mqttUrl = z
   .string()
@@ -61,8 +66,8 @@ export const MqttSchema = z
     /** domain: m/<domain>/c/<channel> (Magistrala v0.17+); legacy: channels/<channel>/messages (v0.16 and older). */
     topicScheme: z.enum(['domain', 'legacy']).default('domain'),
     /** 4 = MQTT 3.1.1, 5 = MQTT 5. */
-    protocolVersion: z.union([z.literal(4), z.literal(5)]).default(4),
-    qos: z.union([z.literal(0), z.literal(1)]).default(1),
+    protocolVersion: z.union([z.literal(4), z.literal(5)], { error: 'must be 4 (MQTT 3.1.1) or 5 (MQTT 5)' }).default(4),
+    qos: z.union([z.literal(0), z.literal(1)], { error: 'must be 0 or 1' }).default(1),
     keepaliveSeconds: z.number().int().min(5).max(3600).default(60),
     connectTimeoutMs: z.number().int().min(1000).max(120_000).default(15_000),
     /** Channel (ID or name) whose "status" subtopic carries the retained online/offline status; default: the first channel. */
@@ -92,6 +97,53 @@ export const RetrySchema = z
     maxDelayMs: z.number().int().min(1_000).max(3_600_000).default(300_000),
     /** Cap for failures only an operator can fix (401/403/404, disabled config). */
     permanentMaxDelayMs: z.number().int().min(10_000).max(86_400_000).default(3_600_000),
+    /** The first network attempt after boot waits a random delay up to this, so a fleet that lost power together does not return at once. */
+    bootJitterMs: z.number().int().min(0).max(600_000).default(5_000),
+  })
+  .prefault({});
+
+/** A JSON array given as text (MG_AGENT_UPDATES_ON_APPLY='["/usr/bin/x","--y"]'); anything else is left for zod to name. */
+function parseJsonArrayText(value: unknown): unknown {
+  if (typeof value !== 'string') return value;
+  try {
+    return JSON.parse(value) as unknown;
+  } catch {
+    return value;
+  }
+}
+
+export const UpdatesSchema = z
+  .strictObject({
+    /** Periodic configuration check (monotonic, jittered ±15 %); 0 turns it off. */
+    checkIntervalMs: z
+      .number()
+      .int()
+      .min(0)
+      .max(7 * 86_400_000)
+      .refine((ms) => ms === 0 || ms >= 1_000, 'must be 0 (off) or at least 1000')
+      .default(3_600_000),
+    /** Extra wall-clock schedule, 5-field cron in local time (e.g. "30 3 * * *"); guarded against clock steps. */
+    cron: z
+      .string()
+      .refine((expr) => expr.trim().split(/\s+/).length === 5 && validateCron(expr), 'must be a 5-field cron expression such as "30 3 * * *"')
+      .optional(),
+    /** Command run after every applied change, as an argv array (no shell). */
+    onApply: z.preprocess(parseJsonArrayText, z.array(nonEmpty).min(1, 'must name a program')).optional(),
+    /** The onApply command is killed after this long. */
+    onApplyTimeoutMs: z.number().int().min(1_000).max(600_000).default(30_000),
+  })
+  .prefault({});
+
+export const ControlSchema = z
+  .strictObject({
+    /** Answer requests on the control channel's "req" subtopic (SenML, like upstream's agent). */
+    enabled: z.boolean().default(true),
+    /** Control channel (ID or name); default: the channel named, or with metadata type, "control" or "commands". */
+    channel: nonEmpty.optional(),
+    /** File holding the command secret every request must carry (a "token" record); mode 0600 or 0400. $CREDENTIALS_DIRECTORY/control_secret wins when present. */
+    secretFile: absolutePath.optional(),
+    /** Requests answered per minute; more are dropped (one log line per minute says how many). */
+    maxRequestsPerMinute: z.number().int().min(1).max(600).default(30),
   })
   .prefault({});
 
@@ -107,6 +159,8 @@ export const AgentConfigSchema = z.strictObject({
   mqtt: MqttSchema,
   state: StateSchema,
   retry: RetrySchema,
+  updates: UpdatesSchema,
+  control: ControlSchema,
   log: LogSchema,
 });
 

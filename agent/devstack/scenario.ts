@@ -91,7 +91,8 @@ export function writeDeviceFiles(
     bootstrap: { url: options.bootstrapUrl, mode: encryptKeyFile ? 'secure' : 'plain', ...(encryptKeyFile ? { encryptKeyFile } : {}), ...extra['bootstrap'] },
     identity: { externalKeyFile: keyFile, ...(options.externalId ? { externalId: options.externalId } : {}), ...extra['identity'] },
     state: { dir: stateDir, ...extra['state'] },
-    retry: { initialDelayMs: 200, ...extra['retry'] },
+    // No boot jitter in tests and demos: the first attempt goes out at once.
+    retry: { initialDelayMs: 200, bootJitterMs: 0, ...extra['retry'] },
   };
   const configFile = join(dir, 'agent.json');
   writeFileSync(configFile, JSON.stringify(config, null, 2));

@@ -51,6 +51,10 @@ export const ErrorCodes = [
   'MQTT_PROTOCOL',
   // anything we did not foresee
   'INTERNAL',
+  // configuration updates: the operator's onApply command failed, timed out or could not start
+  'ON_APPLY_FAILED',
+  // remote control: control.secretFile is missing, unreadable, empty or readable by others (exit 78)
+  'CONTROL_SECRET_INVALID',
 ] as const;
 
 export type ErrorCode = (typeof ErrorCodes)[number];

@@ -43,3 +43,26 @@ export function withRetryAfter(delayMs: number, retryAfterMs: number | undefined
   if (retryAfterMs === undefined) return delayMs;
   return Math.max(delayMs, Math.min(retryAfterMs, capMs));
 }
+
+export interface FirstAttemptDelay {
+  delayMs: number;
+  /** resume: the agent was failing before this start (crash loop, reboot mid-outage); jitter: a clean start. */
+  kind: 'resume' | 'jitter';
+}
+
+/**
+ * How long the first network attempt after a start waits. After a restart in the middle of a
+ * failure streak it is the same full-jitter window the agent was in, so a crash loop under systemd
+ * keeps backing off; otherwise a uniformly random delay up to bootJitterMs, so a fleet that lost
+ * power together does not return in one wave.
+ */
+export function firstAttemptDelay(
+  persisted: { failures: number; failureClass: FailureClass | undefined },
+  retry: RetrySettings & { bootJitterMs: number },
+  random: () => number = Math.random,
+): FirstAttemptDelay {
+  if (persisted.failureClass !== undefined && persisted.failures > 0) {
+    return { delayMs: backoffDelay(policyFor(persisted.failureClass, retry), persisted.failures - 1, random), kind: 'resume' };
+  }
+  return { delayMs: Math.floor(random() * retry.bootJitterMs), kind: 'jitter' };
+}

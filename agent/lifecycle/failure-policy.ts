@@ -51,6 +51,8 @@ const CLASS_BY_CODE: Record<ErrorCode, FailureClass> = {
   MQTT_PROTOCOL: 'transient',
   MQTT_PUBLISH_REFUSED: 'transient',
   INTERNAL: 'transient',
+  ON_APPLY_FAILED: 'operator', // logged, never retried: the change itself is applied
+  CONTROL_SECRET_INVALID: 'fatal',
 };
 
 export function classifyFailure(code: ErrorCode): FailureClass {

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { z } from 'zod';
 import type { CertificateSet, DeviceConfig } from '../bootstrap/model.js';
 import { AgentError, isAgentError } from '../errors/agent-error.js';
@@ -316,7 +316,7 @@ export class GenerationStore {
         });
       }
       try {
-        await this.fs.rm(gen.dir, { recursive: true, force: true });
+        await this.removeGenerationDir(gen.dir);
         await fsyncDir(this.generationsDir, this.fs);
       } catch (error) {
         throw storageWriteError('remove generation', gen.dir, error);
@@ -486,7 +486,7 @@ export class GenerationStore {
     const removed: number[] = [];
     for (const id of older.filter((candidate) => !keep.has(candidate))) {
       try {
-        await this.fs.rm(join(this.generationsDir, formatId(id)), { recursive: true, force: true });
+        await this.removeGenerationDir(join(this.generationsDir, formatId(id)));
         removed.push(id);
       } catch (error) {
         // Pruning is housekeeping: a failure leaves an extra directory, never a wrong configuration.
@@ -497,6 +497,22 @@ export class GenerationStore {
       await fsyncDir(this.generationsDir, this.fs).catch(() => undefined);
       this.log.debug({ removed }, `pruned ${removed.length} old generation(s)`);
     }
+  }
+
+  /**
+   * Deletes a generation directory so that nobody, not even a power cut half-way, sees it partly
+   * deleted: it is renamed to a hidden temporary name first, which init() removes if the deletion
+   * was cut short (the torture harness caught a manifest-less generation left by a SIGKILL mid-rm).
+   */
+  private async removeGenerationDir(dir: string): Promise<void> {
+    const doomed = join(this.generationsDir, `.${basename(dir)}${TEMP_MARKER}rm-${randomBytes(6).toString('hex')}`);
+    try {
+      await this.fs.rename(dir, doomed);
+    } catch (error) {
+      if (osErrorCode(error) === 'ENOENT') return;
+      throw error;
+    }
+    await this.fs.rm(doomed, { recursive: true, force: true });
   }
 
   private async moveToDamaged(id: number): Promise<string | undefined> {

@@ -144,6 +144,7 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
     expectEntry('etc/sysusers.d/mg-device-agent.conf', 'file', '0644');
     expectEntry('etc/credstore', 'dir', '0700');
     expect(expectEntry('etc/credstore/mg-device-agent.encrypt_key', 'link', '0777').target).toBe('/etc/mg-device-agent/credentials/encrypt_key');
+    expect(expectEntry('etc/credstore/mg-device-agent.control_secret', 'link', '0777').target).toBe('/etc/mg-device-agent/credentials/control_secret');
     // The state directory is systemd's to create (StateDirectory=, 0700, owned by the user).
     expect(first.has('var/lib/mg-device-agent')).toBe(false);
     // Nothing of the installer's own working files left behind.
@@ -231,7 +232,7 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
     expect(readFileSync(config, 'utf8')).toContain('127.0.0.1:9013');
 
     runOk(['--root', root, '--uninstall']);
-    for (const gone of ['opt/mg-device-agent', 'usr/local/bin/mg-device-agent', UNIT, WANTS_LINK, 'etc/sysusers.d/mg-device-agent.conf', 'etc/credstore/mg-device-agent.encrypt_key']) {
+    for (const gone of ['opt/mg-device-agent', 'usr/local/bin/mg-device-agent', UNIT, WANTS_LINK, 'etc/sysusers.d/mg-device-agent.conf', 'etc/credstore/mg-device-agent.encrypt_key', 'etc/credstore/mg-device-agent.control_secret']) {
       expect(lstatSync(join(root, gone), { throwIfNoEntry: false }), gone).toBeUndefined();
     }
     expect(readFileSync(externalKey, 'utf8')).toBe('device-external-key\n');

@@ -105,14 +105,15 @@ describe('systemd unit contract with the agent and install.sh', () => {
     expect(one('TimeoutStartSec')).toBe('infinity');
   });
 
-  it('hands both keys over as credentials, the encryption key optional', () => {
+  it('hands the keys over as credentials, the encryption key and control secret optional', () => {
     expect(settings.get('LoadCredential')).toEqual([
       'external_key:/etc/mg-device-agent/credentials/external_key',
       // By name, from the credential stores: a missing one is skipped instead of failing the start.
       'encrypt_key:mg-device-agent.encrypt_key',
+      'control_secret:mg-device-agent.control_secret',
     ]);
     expect(settings.has('SetCredential')).toBe(false);
-    expect(readFileSync(INSTALL_SCRIPT, 'utf8')).toContain('CREDSTORE_LINK=/etc/credstore/mg-device-agent.encrypt_key');
+    expect(readFileSync(INSTALL_SCRIPT, 'utf8')).toContain('OPTIONAL_CREDENTIALS=(encrypt_key control_secret)');
   });
 
   it('keeps the V8 JIT working and the network reachable', () => {

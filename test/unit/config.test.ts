@@ -79,6 +79,22 @@ describe('configuration', () => {
     expect(paths).toContain('mqtt.qos (from MG_AGENT_MQTT_QOS)');
     expect(paths).toContain('MG_AGENT_MQTT_TYPO');
     expect(problems.find((p) => p.path === 'bootstrap')?.message).toContain('extra');
+    expect(problems.find((p) => p.path.startsWith('mqtt.qos'))?.message).toBe('must be 0 or 1');
+  });
+
+  it('never quotes the file when it is not JSON (it may be a key file given by mistake)', () => {
+    for (const text of ['ExtKeySecret-0123456789', 'Jf9tI5Ta3zQ', '{"bootstrap": {"url": ExtKeySecret}}', '']) {
+      const problems = problemsOf(() => loadConfig({ configPath: '/k', readFile: fileReader({ '/k': text }), env: {} }));
+      expect(problems).toHaveLength(1);
+      expect(problems[0]?.message).toMatch(/^not valid JSON/);
+      expect(problems[0]?.message).not.toContain('ExtKey');
+      expect(problems[0]?.message).not.toContain('Jf9t');
+    }
+  });
+
+  it('refuses a Bootstrap URL that already contains the device path', () => {
+    const problems = problemsOf(() => loadConfig({ env: { MG_AGENT_BOOTSTRAP_URL: 'http://h:9013/clients/bootstrap' }, readFile: fileReader({}) }));
+    expect(problems[0]?.message).toContain('base URL only');
   });
 
   it('names a file that is not JSON, and a missing explicit file', () => {
