@@ -11,7 +11,7 @@ import { resolveIdentity } from './identity/resolve-identity.js';
 import { listInterfaces } from './identity/list-interfaces.js';
 import { GenerationStore, type Generation } from './storage/generation-store.js';
 import type { Fs } from './storage/atomic-write.js';
-import { MqttSession } from './mqtt/session.js';
+import { MqttSession, isTlsBrokerUrl } from './mqtt/session.js';
 import { channelFilter, channelTopic, parseChannelTopic, pickStatusChannel } from './mqtt/topics.js';
 import { AgentRuntime, STATUS_OFFLINE, type SessionPlan, type SessionPort } from './lifecycle/agent-runtime.js';
 import { LoggingMessageHandler } from './lifecycle/message-handler.js';
@@ -137,10 +137,18 @@ export async function buildAgent(options: BuildOptions): Promise<BuiltAgent> {
     };
   };
 
+  const plainUrlWarned = new Set<number>();
   const createSession = (gen: Generation, plan: SessionPlan): SessionPort => {
     remoteControl.useGeneration(gen);
     const device = gen.config;
     const ca = device.certs.caCert ?? brokerCaFallback;
+    const hasCerts = ca !== undefined || device.certs.clientCert !== undefined;
+    const useTls = isTlsBrokerUrl(device.mqtt.url);
+    if (hasCerts && !useTls && !plainUrlWarned.has(gen.id)) {
+      // Once per generation, not on every reconnect.
+      plainUrlWarned.add(gen.id);
+      logger.warn({ generation: gen.id }, 'certificates are not used: the broker URL is not a TLS one (use mqtts:// to use them)');
+    }
     const session = new MqttSession({
       url: device.mqtt.url,
       username: device.mqtt.username,
@@ -151,12 +159,16 @@ export async function buildAgent(options: BuildOptions): Promise<BuiltAgent> {
       connectTimeoutMs: config.mqtt.connectTimeoutMs,
       clean: false,
       sessionExpirySeconds: 7 * 24 * 3600,
-      tls: {
-        ...(ca ? { ca } : {}),
-        ...(device.certs.clientCert ? { cert: device.certs.clientCert } : {}),
-        ...(device.certs.clientKey ? { key: device.certs.clientKey } : {}),
-        verify: config.mqtt.tlsVerify,
-      },
+      ...(useTls
+        ? {
+            tls: {
+              ...(ca ? { ca } : {}),
+              ...(device.certs.clientCert ? { cert: device.certs.clientCert } : {}),
+              ...(device.certs.clientKey ? { key: device.certs.clientKey } : {}),
+              verify: config.mqtt.tlsVerify,
+            },
+          }
+        : {}),
       ...(plan.statusTopic ? { will: { topic: plan.statusTopic, payload: STATUS_OFFLINE, qos: 1 as const, retain: true } } : {}),
       logger,
     });

@@ -39,10 +39,22 @@ async function credentialPath(directory: string | undefined, name: string): Prom
 export async function readExternalKey(options: ReadExternalKeyOptions): Promise<string> {
   const directory = options.credentialsDirectory ?? process.env.CREDENTIALS_DIRECTORY;
   const path = (await credentialPath(directory, EXTERNAL_KEY_CREDENTIAL)) ?? options.file;
-  return readSecretFile(path, {
+  const key = await readSecretFile(path, {
     label: 'external key',
     codes: { missing: 'EXTERNAL_KEY_MISSING', insecureMode: 'EXTERNAL_KEY_INSECURE_MODE', empty: 'EXTERNAL_KEY_EMPTY' },
   });
+  // Caught here, at start-up (exit 78), not at the first bootstrap: a second trailing newline or a
+  // CR from a Windows editor is a file mistake, and no control character survives an HTTP header.
+  // eslint-disable-next-line no-control-regex
+  const bad = /[\u0000-\u001f\u007f]/.exec(key);
+  if (bad) {
+    throw new AgentError(
+      'EXTERNAL_KEY_MALFORMED',
+      `the external key in ${path} contains a control character (code ${bad[0].charCodeAt(0)}) at position ${bad.index + 1}: a stray newline or CR? Write the key on one line`,
+      { details: { path, position: bad.index + 1 } },
+    );
+  }
+  return key;
 }
 
 /**

@@ -43,6 +43,8 @@ export interface ResolvedIdentityPort {
 
 export interface GenerationPort {
   id: number;
+  /** The external ID the generation was fetched for. */
+  externalId?: string;
   config: DeviceConfig;
   paths: { content?: string; clientCert?: string; clientKey?: string; caCert?: string };
 }
@@ -189,7 +191,14 @@ interface OnlineContext<G> {
   /** Set by a check that needs a new session; the loop takes it over. */
   switchCandidate?: G;
   switchNow: () => void;
+  /** Cuts the refused-subscription retry's wait short. */
+  wakeSubscriptionRetry?: () => void;
+  /** When the broker accepted this session (monotonic ms): a session dropped right away hints at a client ID clash. */
+  onlineAtMonotonic: number;
 }
+
+/** A session lost sooner than this after CONNACK is suspicious (takeover by a twin device, ACL kick). */
+const SHORT_SESSION_MS = 5_000;
 
 type SessionOutcome<G> =
   | { kind: 'failed'; promoted: boolean; stage: string; error: AgentError; candidate?: G }
@@ -223,6 +232,7 @@ export class AgentRuntime<G extends GenerationPort> {
   /** The session being connected or in use, for stop(). */
   private session: SessionPort | undefined;
   private statusTopic: string | undefined;
+  private takeoverHinted = false;
   private broker: string | null = null;
   private connectedSince: Date | undefined;
   private lastBootstrap: RuntimeStatus['lastBootstrap'] = null;
@@ -360,6 +370,7 @@ export class AgentRuntime<G extends GenerationPort> {
       return Promise.resolve({ result: 'deferred', reason: this.loopDone ? 'the agent is stopping' : 'the agent is not running' });
     }
     this.log.info({ reason }, 'configuration check requested');
+    if (options.scheduled !== true) this.online?.wakeSubscriptionRetry?.();
     if (options.reload && this.readySent) {
       this.reloadPending = true;
       this.deps.notifier.reloading('reloading: checking Bootstrap for a new configuration');
@@ -463,8 +474,9 @@ export class AgentRuntime<G extends GenerationPort> {
         'a certificate is not valid at the current time: the system clock is probably wrong (no NTP yet?); certificates are kept and verification stays on',
       );
     }
-    this.log.warn({ stage, ...error.toLog(), failureClass: failure, attempt: attempt + 1, retryInMs: delay }, `${stage} failed: ${error.message}`);
-    this.setState('waiting', `${stage} failed (${error.code}), retry in ${Math.round(delay / 1000)}s`);
+    const what = stage === 'connection' ? 'connection to the broker lost' : `${stage} failed`;
+    this.log.warn({ stage, ...error.toLog(), failureClass: failure, attempt: attempt + 1, retryInMs: delay }, `${what}: ${error.message}`);
+    this.setState('waiting', `${what} (${error.code}), retry in ${Math.round(delay / 1000)}s`);
     await this.waitBackoff(delay);
   }
 
@@ -506,7 +518,17 @@ export class AgentRuntime<G extends GenerationPort> {
 
   private async loop(): Promise<void> {
     const { store } = this.deps;
-    await store.init(); // first: the status file and the backoff state live in the state directory
+    // First: the status file and the backoff state live in the state directory. A read-only or
+    // missing one may heal (remount, systemd recreating it): retry rather than exit and restart-loop.
+    for (;;) {
+      this.checkStop();
+      try {
+        await store.init();
+        break;
+      } catch (err) {
+        await this.backOff('state directory', toAgentError(err));
+      }
+    }
     this.setState('resolving-identity');
     await this.loadAttempts();
     let identity: ResolvedIdentityPort | undefined;
@@ -522,6 +544,14 @@ export class AgentRuntime<G extends GenerationPort> {
     this.externalKey = await this.deps.readExternalKey(); // fatal codes propagate: exit 78
 
     this.current = await store.loadCurrent();
+    if (this.current?.externalId !== undefined && this.current.externalId !== identity.externalId) {
+      // A copied state directory or a changed ID: never connect as another device (it would kick it off).
+      this.log.warn(
+        { generation: this.current.id, storedFor: this.current.externalId, externalId: identity.externalId },
+        `the stored configuration belongs to external ID ${this.current.externalId}, not ${identity.externalId}; bootstrapping afresh`,
+      );
+      this.current = undefined;
+    }
     this.report();
     const first = firstAttemptDelay(
       { failures: this.lastFailureClass ? this.attempts.get(this.lastFailureClass) ?? 0 : 0, failureClass: this.lastFailureClass },
@@ -597,7 +627,7 @@ export class AgentRuntime<G extends GenerationPort> {
         // The broker refused the credentials: that client is ended (done), ask Bootstrap once for
         // fresh ones and connect with what comes back, a bounded number of times per hour.
         if (this.authBreaker.tryAcquire()) {
-          this.log.warn({ ...error.toLog() }, `broker refused the credentials (${error.message}); re-bootstrapping`);
+          this.log.warn({ ...error.toLog() }, `re-bootstrapping for fresh credentials: ${error.message}`);
           try {
             this.nextCandidate = await this.bootstrapCandidate(this.current);
             if (this.nextCandidate) continue;
@@ -948,7 +978,17 @@ export class AgentRuntime<G extends GenerationPort> {
     const switchPromise = new Promise<'switch'>((resolve) => {
       switchNow = () => resolve('switch');
     });
-    const ctx: OnlineContext<G> = { gen, plan, session, granted: [], pending: new Map(), retrying: false, scope: new AbortController(), switchNow };
+    const ctx: OnlineContext<G> = {
+      gen,
+      plan,
+      session,
+      granted: [],
+      pending: new Map(),
+      retrying: false,
+      scope: new AbortController(),
+      switchNow,
+      onlineAtMonotonic: this.monotonicNow(),
+    };
     const results = await session
       .subscribe(plan.subscriptions.map((s) => s.filter), this.deps.config.mqtt.qos)
       .catch((): SubscriptionResult[] => plan.subscriptions.map((s) => ({ filter: s.filter, granted: false })));
@@ -984,7 +1024,15 @@ export class AgentRuntime<G extends GenerationPort> {
     }
     const error = ended as AgentError;
     await session.stop({ timeoutMs: 1_000 }).catch(() => undefined);
-    this.log.warn({ ...error.toLog() }, `connection to the broker lost: ${error.message}`);
+    const lastedMs = this.monotonicNow() - ctx.onlineAtMonotonic;
+    if (lastedMs < SHORT_SESSION_MS && !this.takeoverHinted) {
+      this.takeoverHinted = true;
+      this.log.warn(
+        { code: error.code, lastedMs },
+        'the broker dropped the connection right after it was accepted: is another device using the same client ID (a cloned SD card)?',
+      );
+    }
+    // The backoff line that follows names the error: one line per lost connection, not three.
     return { kind: 'failed', promoted: isCandidate, stage: 'connection', error, ...(candidate ? { candidate } : {}) };
   }
 
@@ -1011,10 +1059,19 @@ export class AgentRuntime<G extends GenerationPort> {
     const policy = { initialDelayMs: retry.initialDelayMs * 5, maxDelayMs: retry.maxDelayMs };
     try {
       for (let attempt = 0; ctx.pending.size > 0; attempt++) {
+        // An explicit check (SIGHUP, control channel) cuts the wait short: the operator may just have
+        // connected the channel and wants to see it work now.
+        const nap = new AbortController();
+        const onEnd = (): void => nap.abort();
+        signal.addEventListener('abort', onEnd, { once: true });
+        ctx.wakeSubscriptionRetry = () => nap.abort();
         try {
-          await this.sleepFn(Math.max(backoffDelay(policy, attempt, this.random), retry.initialDelayMs), signal);
+          await this.sleepFn(Math.max(backoffDelay(policy, attempt, this.random), retry.initialDelayMs), nap.signal);
         } catch {
-          return; // session over
+          if (signal.aborted) return; // session over
+        } finally {
+          signal.removeEventListener('abort', onEnd);
+          ctx.wakeSubscriptionRetry = undefined;
         }
         if (signal.aborted) return;
         const pending = [...ctx.pending.entries()].map(([channelId, filter]) => ({ channelId, filter }));
@@ -1068,6 +1125,8 @@ export class AgentRuntime<G extends GenerationPort> {
   }
 
   private dispatch(message: IncomingMessage): void {
+    // The channel filter covers the agent's own retained status: that is not a message for the device.
+    if (this.statusTopic === message.topic) return;
     const parsed = this.deps.parseTopic(message.topic);
     if (!parsed) return;
     Promise.resolve()

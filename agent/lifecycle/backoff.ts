@@ -3,16 +3,23 @@ import type { FailureClass } from './failure-policy.js';
 export interface BackoffPolicy {
   initialDelayMs: number;
   maxDelayMs: number;
+  /**
+   * Fraction of the window that is always waited (0 = full jitter). Failures only an operator can
+   * fix use one half ("equal jitter"), so a retry is never a few milliseconds after a 403.
+   */
+  floorRatio?: number;
 }
 
 /**
- * Exponential backoff with full jitter: a uniformly random delay in [0, min(cap, base·2^attempt)].
- * Full jitter spreads a fleet that failed together (power cut, server restart) evenly over the
- * window instead of letting it return in synchronised waves.
+ * Exponential backoff with jitter: a uniformly random delay in [floor, ceiling], ceiling =
+ * min(cap, base·2^attempt), floor = ceiling·floorRatio (0 by default: full jitter). Full jitter
+ * spreads a fleet that failed together (power cut, server restart) evenly over the window instead of
+ * letting it return in synchronised waves.
  */
 export function backoffDelay(policy: BackoffPolicy, attempt: number, random: () => number = Math.random): number {
-  const exp = Math.min(policy.maxDelayMs, policy.initialDelayMs * 2 ** Math.min(Math.max(attempt, 0), 30));
-  return Math.floor(random() * exp);
+  const ceiling = backoffCeiling(policy, attempt);
+  const floor = ceiling * (policy.floorRatio ?? 0);
+  return Math.floor(floor + random() * (ceiling - floor));
 }
 
 /** Upper bound of the jitter window for an attempt (for logs and tests). */
@@ -30,9 +37,9 @@ export interface RetrySettings {
 export function policyFor(failure: FailureClass, retry: RetrySettings): BackoffPolicy {
   switch (failure) {
     case 'operator':
-      return { initialDelayMs: retry.initialDelayMs * 15, maxDelayMs: retry.permanentMaxDelayMs };
+      return { initialDelayMs: retry.initialDelayMs * 15, maxDelayMs: retry.permanentMaxDelayMs, floorRatio: 0.5 };
     case 'invalid':
-      return { initialDelayMs: retry.initialDelayMs * 5, maxDelayMs: retry.permanentMaxDelayMs };
+      return { initialDelayMs: retry.initialDelayMs * 5, maxDelayMs: retry.permanentMaxDelayMs, floorRatio: 0.5 };
     default:
       return { initialDelayMs: retry.initialDelayMs, maxDelayMs: retry.maxDelayMs };
   }

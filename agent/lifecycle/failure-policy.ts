@@ -18,6 +18,7 @@ const CLASS_BY_CODE: Record<ErrorCode, FailureClass> = {
   EXTERNAL_KEY_MISSING: 'fatal',
   EXTERNAL_KEY_INSECURE_MODE: 'fatal',
   EXTERNAL_KEY_EMPTY: 'fatal',
+  EXTERNAL_KEY_MALFORMED: 'fatal',
   IDENTITY_NO_USABLE_INTERFACE: 'transient', // interfaces may still be coming up at boot
   IDENTITY_INTERFACE_NOT_FOUND: 'transient',
   IDENTITY_INTERFACE_UNUSABLE: 'fatal',

@@ -97,6 +97,15 @@ export const DEFAULT_SESSION_EXPIRY_SECONDS = 7 * 24 * 3600;
 
 const TLS_SCHEMES = new Set(['mqtts:', 'ssl:', 'tls:', 'wss:']);
 
+/** True for broker URLs whose scheme means TLS (mqtts, ssl, tls, wss). */
+export function isTlsBrokerUrl(url: string): boolean {
+  try {
+    return TLS_SCHEMES.has(new URL(url).protocol);
+  } catch {
+    return false;
+  }
+}
+
 /** The broker URL without user info, safe for logs and for handing to MQTT.js (whose URL user info would override ours). */
 export function redactBrokerUrl(url: URL): string {
   const copy = new URL(url.href);
@@ -216,7 +225,13 @@ export class MqttSession {
       });
       client.on('error', (err) => {
         conn.lastError = err;
-        if (settled) return; // after connect, 'close' follows every fatal error and reports it
+        if (settled) {
+          // MQTT.js keeps the socket after a malformed packet (e.g. SUBACK code 0x87 on 3.1.1) and the
+          // SUBSCRIBE waiting for it would hang forever (found by the torture harness): end the
+          // connection, so 'close' reports the loss and fails what is pending.
+          if (!conn.closed) conn.client.stream?.destroy();
+          return;
+        }
         // The CONNACK packet is the exact source of a refusal; the error text is only a fallback.
         const refused = conn.connackCode !== undefined && conn.connackCode > 0;
         fail(refused ? classifyConnackCode(conn.connackCode as number, details) : classifyMqttError(err, details));
@@ -415,7 +430,8 @@ export class MqttSession {
     this.connection = undefined;
     this.stateValue = 'idle';
     this.discard(conn, error);
-    this.log.warn({ ...this.logContext(), ...error.toLog() }, `MQTT connection lost: ${error.message}`);
+    // debug: the owner of the session decides what a lost connection means and logs it once.
+    this.log.debug({ ...this.logContext(), ...error.toLog() }, `MQTT connection lost: ${error.message}`);
     this.emit('lost', error);
   }
 

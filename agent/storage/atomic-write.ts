@@ -150,7 +150,14 @@ export async function ensureDir(path: string, mode = 0o700, fs: Fs = nodeFs): Pr
       await fs.chmod(path, mode);
       return { created: false, modeFixedFrom: current };
     }
-    await fs.mkdir(path, { recursive: true, mode });
+    try {
+      await fs.mkdir(path, { recursive: true, mode });
+    } catch (error) {
+      // A recursive mkdir on a read-only file system can report ENOENT; the plain mkdir of the last
+      // component tells the real reason (EROFS, EACCES) that the operator has to fix.
+      if (osErrorCode(error) !== 'ENOENT') throw error;
+      await fs.mkdir(path, { recursive: false, mode });
+    }
     // mkdir's mode is filtered by the umask.
     await fs.chmod(path, mode);
     await fsyncDir(dirname(path), fs);

@@ -108,6 +108,8 @@ describe('agent end to end against the dev stack', () => {
     const received = await agent.waitFor((l) => l.msg === 'message received' && l['topic'] === topic, 10_000, 'message');
     expect(received['bytes']).toBe(12);
     expect(agent.output).not.toContain('twelve bytes'); // payloads are not logged
+    const statusTopicOfAgent = `m/${stack.domainId}/c/${device.channelIds[0]}/status`;
+    expect(agent.lines.filter((l) => l.msg === 'message received' && l['topic'] === statusTopicOfAgent)).toEqual([]); // its own status is no message
 
     const started = Date.now();
     const exit = await agent.stop();

@@ -358,6 +358,23 @@ describe('agent runtime decisions', () => {
     expect(broker.connects).toHaveLength(1); // no reconnect needed
   });
 
+  it('an explicit check (SIGHUP) also retries refused subscriptions at once, not at the next slow retry', async () => {
+    const store = new FakeStore();
+    const broker = new FakeBroker();
+    broker.accepted.add('s1');
+    broker.grantable.add('m/d1/c/c1/#');
+    const { runtime } = build({ store, broker, fetch: async () => device('s1') });
+    // Sleeps that only end when aborted: the slow retry would never come by itself.
+    (runtime as unknown as { sleepFn: (ms: number, signal: AbortSignal) => Promise<void> }).sleepFn = (_ms, signal) =>
+      new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true }));
+    runtime.start();
+    await until(() => runtime.state === 'online', 'online');
+    expect(runtime.channels).toEqual(['c1']);
+    broker.grantable.add('m/d1/c/c2/#');
+    void runtime.requestUpdate('SIGHUP', { reload: true });
+    await until(() => runtime.channels.length === 2, 'c2 granted right after SIGHUP');
+  });
+
   it('a stored configuration whose broker is down is retried as it is, without asking Bootstrap each time', async () => {
     const store = new FakeStore();
     const broker = new FakeBroker();
@@ -386,6 +403,35 @@ const STABLE_MS = 60_000; // min(retry.maxDelayMs, 60 s) with the default maxDel
 function storedGen(id: number, config: DeviceConfig): Gen {
   return { id, config, paths: { content: `/state/generations/${id}/content` }, promoted: true, discarded: false };
 }
+
+describe('state that is not what it seems', () => {
+  it('a stored generation fetched for another external ID is never used (no connecting as another device)', async () => {
+    const store = new FakeStore();
+    store.current = { id: 4, externalId: 'other:device', config: device('not-mine'), paths: {}, promoted: true, discarded: false };
+    const broker = new FakeBroker();
+    broker.accepted.add('not-mine').add('mine');
+    const { runtime, logs, fetches } = build({ store, broker, fetch: async () => device('mine') });
+    runtime.start();
+    await until(() => runtime.state === 'online', 'online');
+    expect(broker.connects).toEqual(['mine']);
+    expect(fetches()).toBe(1);
+    expect(logs.some((l) => String(l['msg']).includes('belongs to external ID other:device'))).toBe(true);
+  });
+
+  it('a state directory that cannot be prepared is retried with backoff, not a crash', async () => {
+    const store = new FakeStore();
+    let failures = 2;
+    store.init = async () => {
+      if (failures-- > 0) throw new AgentError('STORAGE_WRITE_FAILED', 'could not create directory /var/lib/x: EROFS', { details: { osCode: 'EROFS' } });
+    };
+    const broker = new FakeBroker();
+    broker.accepted.add('s1');
+    const { runtime, logs } = build({ store, broker, fetch: async () => device('s1') });
+    runtime.start();
+    await until(() => runtime.state === 'online', 'online once the directory is writable');
+    expect(logs.filter((l) => l['code'] === 'STORAGE_WRITE_FAILED' && l['stage'] === 'state directory')).toHaveLength(2);
+  });
+});
 
 describe('backoff that survives a restart, and boot jitter', () => {
   it('resumes the persisted failure streak: the first attempt waits in the window the agent was in', async () => {

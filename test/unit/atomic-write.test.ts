@@ -179,6 +179,19 @@ describe('ensureDir', () => {
   });
 });
 
+describe('ensureDir on a read-only file system whose recursive mkdir says ENOENT', () => {
+  it('names the real cause (EROFS), found by a plain mkdir of the last component', async () => {
+    const path = join(dir, 'state');
+    const fs = { ...faultyFs(() => undefined) };
+    fs.mkdir = async (_p: string, options: { recursive: boolean; mode: number }) => {
+      throw Object.assign(new Error('mkdir failed'), { code: options.recursive ? 'ENOENT' : 'EROFS' });
+    };
+    const error = await captureError(() => ensureDir(path, 0o700, fs));
+    expect(error.details).toMatchObject({ path, osCode: 'EROFS' });
+    expect(error.message).toContain('EROFS');
+  });
+});
+
 describe('fsyncDir', () => {
   it('succeeds on a directory and reports a missing one', async () => {
     await fsyncDir(dir);

@@ -91,7 +91,8 @@ describe('firstAttemptDelay', () => {
   it('after a restart mid-streak: the window of the last failure, per class', () => {
     // 6 transient failures: window 1000·2^5 = 32 s; random 0.5 → 16 s.
     expect(firstAttemptDelay({ failures: 6, failureClass: 'transient' }, retry, () => 0.5)).toEqual({ delayMs: 16_000, kind: 'resume' });
-    // operator class starts at 15× and is capped by permanentMaxDelayMs.
-    expect(firstAttemptDelay({ failures: 20, failureClass: 'operator' }, retry, () => 0.5)).toEqual({ delayMs: 1_800_000, kind: 'resume' });
+    // operator class starts at 15×, is capped by permanentMaxDelayMs (1 h) and always waits half of
+    // the window: 30 min + 0.5 · 30 min.
+    expect(firstAttemptDelay({ failures: 20, failureClass: 'operator' }, retry, () => 0.5)).toEqual({ delayMs: 2_700_000, kind: 'resume' });
   });
 });

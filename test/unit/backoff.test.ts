@@ -35,6 +35,14 @@ describe('backoff', () => {
     expect(backoffCeiling(p, 30)).toBe(3_600_000);
   });
 
+  it('never retries an operator problem (403/404) right away: half the window is always waited', () => {
+    const p = policyFor('operator', retry);
+    expect(backoffDelay(p, 0, () => 0)).toBe(7_500);
+    expect(backoffDelay(p, 0, () => 0.999999)).toBe(14_999);
+    expect(backoffDelay(policyFor('invalid', retry), 1, () => 0)).toBe(5_000);
+    expect(backoffDelay(policyFor('transient', retry), 1, () => 0)).toBe(0);
+  });
+
   it('honours Retry-After as a floor, within the cap', () => {
     expect(withRetryAfter(100, 30_000, 60_000)).toBe(30_000);
     expect(withRetryAfter(45_000, 30_000, 60_000)).toBe(45_000);

@@ -120,12 +120,23 @@ describe('readExternalKey', () => {
     ['no newline', EXTERNAL_KEY, EXTERNAL_KEY],
     ['one newline stripped', `${EXTERNAL_KEY}\n`, EXTERNAL_KEY],
     ['one CRLF stripped', `${EXTERNAL_KEY}\r\n`, EXTERNAL_KEY],
-    ['only one of two newlines stripped', `${EXTERNAL_KEY}\n\n`, `${EXTERNAL_KEY}\n`],
     ['trailing spaces are content', `${EXTERNAL_KEY} \n`, `${EXTERNAL_KEY} `],
     ['non-ASCII kept as UTF-8 text', 'clé-ключ\n', 'clé-ключ'],
   ])('%s', async (_title, content, expected) => {
     const file = secretFile(tempDir(), 'external_key', content);
     await expect(readExternalKey({ file, credentialsDirectory: '' })).resolves.toBe(expected);
+  });
+
+  it.each([
+    ['two trailing newlines (only one is stripped)', `${EXTERNAL_KEY}\n\n`, 27],
+    ['a CR left by an editor', `${EXTERNAL_KEY}\r\r\n`, 27],
+    ['a tab inside', `ab\tcd`, 3],
+  ])('%s is EXTERNAL_KEY_MALFORMED at start-up, with the position and not the key', async (_title, content, position) => {
+    const file = secretFile(tempDir(), 'external_key', content.replace(EXTERNAL_KEY, 'x'.repeat(26)));
+    const error = await rejection(readExternalKey({ file, credentialsDirectory: '' }));
+    expect(error.code).toBe('EXTERNAL_KEY_MALFORMED');
+    expect(error.message).toContain(`position ${position}`);
+    expect(error.message).not.toContain('xxxx');
   });
 
   it('$CREDENTIALS_DIRECTORY/external_key wins over the configured file', async () => {
