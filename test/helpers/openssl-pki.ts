@@ -1,6 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { beforeAll } from 'vitest';
 import { makeTempDir } from './temp-dir.js';
 
 /**
@@ -104,6 +105,20 @@ export function makeTestPki(): { pki: TestPki; cleanup: () => void } {
     cleanup();
     throw error;
   }
+}
+
+/**
+ * makeTestPki() once for the file (or suite) it is called in, in beforeAll, removed after all its
+ * tests. The object is filled in by beforeAll, so read it in tests and hooks only.
+ */
+export function useTestPki(): TestPki {
+  const pki = {} as TestPki;
+  beforeAll(() => {
+    const made = makeTestPki();
+    Object.assign(pki, made.pki);
+    return made.cleanup;
+  });
+  return pki;
 }
 
 /** The base64 body of a PEM (what must never appear in a message or a log line). */

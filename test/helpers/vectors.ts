@@ -29,3 +29,14 @@ export function keyByName(v: Vectors, name: string): KeyVector {
   if (!k) throw new Error(`no key ${name} in vectors`);
   return k;
 }
+
+/** The AES key bytes the server uses for a named key (the vector's aes_key_hex). */
+export function aesKeyByName(v: Vectors, name: string): Buffer {
+  return Buffer.from(keyByName(v, name).aes_key_hex, 'hex');
+}
+
+export function responseVectorById(v: Vectors, id: string): ResponseVector {
+  const found = v.response_vectors.find((r) => r.id === id);
+  if (!found) throw new Error(`no response vector ${id}`);
+  return found;
+}

@@ -1,75 +1,33 @@
-import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, statSync, writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startDevStack, type DevStack, type DevStackOptions } from '../../agent/devstack/stack.js';
-import { AgentProcess } from '../../agent/devstack/agent-process.js';
+import { describe, expect, it } from 'vitest';
+import type { DevStack } from '../../agent/devstack/stack.js';
 import { cleanAgentEnv, registerDevice, writeDeviceFiles, type RegisteredDevice } from '../../agent/devstack/scenario.js';
-import { makeTestCerts, type TestCerts } from '../helpers/test-certs.js';
 import { readRetained } from '../helpers/aedes-broker.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { K32_ENCRYPT_KEY, expectNoSecretsIn, onlineWith, pemBodyLines, randomExternalId, runAgentProcess, startStack, tempWorkDir, usePki, useTeardown } from '../helpers/agent-harness.js';
 
 /*
  * The real built agent (node dist/cli/main.js run) against the dev stack over loopback TCP:
  * what lands on disk, what the broker sees, what the logs say, and that no secret is ever printed.
  */
 
-const ENCRYPT_KEY = 'v7aT0HGxJxt2gULzr3RHwf4WIf6DusPp'; // the K32 vector's key
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const fn of cleanups.splice(0).reverse()) await fn();
-});
-
-let pki: TestCerts;
-beforeAll(() => {
-  const { dir, cleanup } = makeTempDir('mgda-e2e-pki-');
-  pki = makeTestCerts(dir);
-  return cleanup;
-});
-
-function externalId(): string {
-  return Array.from(randomBytes(6), (b) => b.toString(16).padStart(2, '0')).join(':');
-}
-
-async function stackWith(options: Partial<DevStackOptions> = {}): Promise<DevStack> {
-  const stack = await startDevStack({ encryptKey: ENCRYPT_KEY, ...options });
-  cleanups.push(() => stack.close());
-  return stack;
-}
-
-function work(): string {
-  const { dir, cleanup } = makeTempDir('mgda-e2e-');
-  cleanups.push(cleanup);
-  return dir;
-}
-
-function runAgent(configFile: string): AgentProcess {
-  const agent = new AgentProcess({ args: ['run', '--config', configFile], env: cleanAgentEnv() });
-  cleanups.push(async () => {
-    await agent.stop(2_000);
-  });
-  return agent;
-}
+const t = useTeardown();
+const pki = usePki('mgda-e2e-pki-');
 
 function mode(path: string): number {
   return statSync(path).mode & 0o777;
 }
 
-function expectNoSecrets(agent: AgentProcess, secrets: string[]): void {
-  for (const secret of secrets) expect(agent.output, 'a secret was printed').not.toContain(secret);
-}
-
 /** Every secret a device holds in these tests; none may ever reach the agent's output. */
 function secretsOf(stack: DevStack, device: RegisteredDevice, extra: string[] = []): string[] {
   const client = stack.registry.getClient(device.clientId);
-  const keyBody = (pem: string) => pem.split('\n').filter((l) => l && !l.startsWith('-----'))[0] ?? '';
-  return [device.externalKey, ENCRYPT_KEY, client?.secret ?? 'missing-secret', keyBody(pki.clientKey), ...extra];
+  return [device.externalKey, K32_ENCRYPT_KEY, client?.secret ?? 'missing-secret', pemBodyLines(pki.clientKey)[0] ?? '', ...extra];
 }
 
 describe('agent end to end against the dev stack', () => {
   it('secure bootstrap with mutual TLS: files on disk, refused until enabled, message received, retained offline on SIGTERM', async () => {
-    const stack = await stackWith({ tls: { key: pki.serverKey, cert: pki.serverCert, ca: pki.caCert, requestCert: true } });
-    const id = externalId();
+    const stack = await startStack(t, { tls: { key: pki.serverKey, cert: pki.serverCert, ca: pki.caCert, requestCert: true } });
+    const id = randomExternalId();
     const content = JSON.stringify({ agent: { mqtt: { url: stack.mqttUrl } }, domain_id: stack.domainId, note: '<&> ünï' });
     const device = await registerDevice(stack, {
       externalId: id,
@@ -77,9 +35,9 @@ describe('agent end to end against the dev stack', () => {
       channelNames: ['commands', 'telemetry', 'alerts'],
       certs: { clientCert: pki.clientCert, clientKey: pki.clientKey, caCert: pki.caCert },
     });
-    const dir = work();
-    const files = writeDeviceFiles(dir, { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: device.externalKey, encryptKey: ENCRYPT_KEY });
-    const agent = runAgent(files.configFile);
+    const dir = tempWorkDir(t, 'mgda-e2e-');
+    const files = writeDeviceFiles(dir, { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: device.externalKey, encryptKey: K32_ENCRYPT_KEY });
+    const agent = runAgentProcess(t, ['run', '--config', files.configFile]);
 
     await agent.waitForMessage('bootstrap succeeded');
     const first = await agent.waitForMessage('online: subscribed');
@@ -100,7 +58,7 @@ describe('agent end to end against the dev stack', () => {
 
     // The operator enables the client: the agent's own retry subscribes, without a reconnect.
     await device.operator.setState(device.clientId, 1);
-    await agent.waitFor((l) => String(l.msg).startsWith('online: subscribed to 3 of 3'), 20_000, 'all channels');
+    await agent.waitFor(onlineWith(3), 20_000, 'all channels');
     expect(stack.broker.sessions().filter((s) => s.username === device.clientId)).toHaveLength(1);
 
     const topic = `m/${stack.domainId}/c/${device.channelIds[1]}/commands/x`;
@@ -127,34 +85,34 @@ describe('agent end to end against the dev stack', () => {
       key: pki.clientKey,
     });
     expect(retained).toBe('offline');
-    expectNoSecrets(agent, secretsOf(stack, device));
+    expectNoSecretsIn(agent.output, secretsOf(stack, device));
   });
 
   it('plain bootstrap against the Profiles (v0.30) response family: credentials and channels from content', async () => {
-    const stack = await stackWith({ responseFamily: 'v0.30' });
-    const device = await registerDevice(stack, { externalId: externalId(), content: '', enable: true });
-    const dir = work();
+    const stack = await startStack(t, { responseFamily: 'v0.30' });
+    const device = await registerDevice(stack, { externalId: randomExternalId(), content: '', enable: true });
+    const dir = tempWorkDir(t, 'mgda-e2e-');
     const files = writeDeviceFiles(dir, { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: device.externalKey });
-    const agent = runAgent(files.configFile);
+    const agent = runAgentProcess(t, ['run', '--config', files.configFile]);
     const booted = await agent.waitForMessage('bootstrap succeeded');
     expect(booted['family']).toBe('profiles');
-    const online = await agent.waitFor((l) => String(l.msg).startsWith('online: subscribed to 2 of 2'), 20_000, 'online');
+    const online = await agent.waitFor(onlineWith(2), 20_000, 'online');
     expect([...(online['subscribed'] as string[])].sort()).toEqual([...device.channelIds].sort());
     expect(stack.bootstrap.requests.filter((r) => r.endpoint === 'plain').map((r) => r.status)).toEqual([200]);
     const saved = JSON.parse(readFileSync(join(files.stateDir, 'current', 'config.json'), 'utf8'));
     expect(saved.config.family).toBe('profiles');
     expect(mode(join(files.stateDir, 'current', 'config.json'))).toBe(0o600);
     expect((await agent.stop()).code).toBe(0);
-    expectNoSecrets(agent, secretsOf(stack, device));
+    expectNoSecretsIn(agent.output, secretsOf(stack, device));
   });
 
   it('wrong encryption key: 403, one clear line, nothing written, keeps running and backs off', async () => {
-    const stack = await stackWith();
-    const device = await registerDevice(stack, { externalId: externalId() });
-    const dir = work();
+    const stack = await startStack(t);
+    const device = await registerDevice(stack, { externalId: randomExternalId() });
+    const dir = tempWorkDir(t, 'mgda-e2e-');
     const wrongKey = 'MG_BS_KEY_16byte'; // a valid length, but not the server's key
     const files = writeDeviceFiles(dir, { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: device.externalKey, encryptKey: wrongKey });
-    const agent = runAgent(files.configFile);
+    const agent = runAgentProcess(t, ['run', '--config', files.configFile]);
     const line = await agent.waitFor((l) => l['code'] === 'BOOTSTRAP_FORBIDDEN', 15_000, 'the 403');
     expect(line.level).toBe('warn');
     expect(Number(line['retryInMs'])).toBeGreaterThanOrEqual(0);
@@ -162,18 +120,18 @@ describe('agent end to end against the dev stack', () => {
     expect(existsSync(join(files.stateDir, 'current'))).toBe(false);
     expect(existsSync(join(files.stateDir, 'generations')) ? readdirSync(join(files.stateDir, 'generations')) : []).toEqual([]);
     expect(agent.child.exitCode).toBeNull(); // never exits on an operator problem
-    expectNoSecrets(agent, [...secretsOf(stack, device), wrongKey]);
+    expectNoSecretsIn(agent.output, [...secretsOf(stack, device), wrongKey]);
   });
 
   it('unknown external ID: 404 named in the log, nothing written', async () => {
-    const stack = await stackWith();
-    const dir = work();
+    const stack = await startStack(t);
+    const dir = tempWorkDir(t, 'mgda-e2e-');
     const files = writeDeviceFiles(dir, {
       bootstrapUrl: stack.bootstrapUrl,
       externalKey: 'some-key-nobody-registered',
       config: { identity: { externalId: 'no:such:device' } },
     });
-    const agent = runAgent(files.configFile);
+    const agent = runAgentProcess(t, ['run', '--config', files.configFile]);
     const line = await agent.waitFor((l) => l['code'] === 'BOOTSTRAP_NOT_FOUND', 15_000, 'the 404');
     expect(String(line.msg)).toContain('404');
     expect(stack.bootstrap.requests.map((r) => r.path)).toContain('/clients/bootstrap/no:such:device');
@@ -182,18 +140,18 @@ describe('agent end to end against the dev stack', () => {
   });
 
   it('restarts on the stored configuration even when Bootstrap is gone', async () => {
-    const stack = await stackWith();
-    const device = await registerDevice(stack, { externalId: externalId(), enable: true });
-    const dir = work();
+    const stack = await startStack(t);
+    const device = await registerDevice(stack, { externalId: randomExternalId(), enable: true });
+    const dir = tempWorkDir(t, 'mgda-e2e-');
     const files = writeDeviceFiles(dir, { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: device.externalKey });
-    const first = runAgent(files.configFile);
-    await first.waitFor((l) => String(l.msg).startsWith('online: subscribed to 2 of 2'), 20_000, 'online');
+    const first = runAgentProcess(t, ['run', '--config', files.configFile]);
+    await first.waitFor(onlineWith(2), 20_000, 'online');
     expect((await first.stop()).code).toBe(0);
 
     await stack.bootstrap.close(); // Bootstrap down, broker up
-    const second = runAgent(files.configFile);
+    const second = runAgentProcess(t, ['run', '--config', files.configFile]);
     await second.waitForMessage('starting on the stored configuration');
-    await second.waitFor((l) => String(l.msg).startsWith('online: subscribed to 2 of 2'), 20_000, 'online from the stored generation');
+    await second.waitFor(onlineWith(2), 20_000, 'online from the stored generation');
     await second.waitFor((l) => l['stage'] === 'refresh' && l['code'] === 'BOOTSTRAP_NETWORK', 20_000, 'refresh failure logged');
     expect(readlinkTarget(files.stateDir)).toBe('generations/000001');
     expect((await second.stop()).code).toBe(0);
@@ -206,15 +164,12 @@ function readlinkTarget(stateDir: string): string {
 
 describe('start-up refusals', () => {
   function runToExit(args: string[], env: NodeJS.ProcessEnv = cleanAgentEnv()) {
-    const agent = new AgentProcess({ args, env });
-    cleanups.push(async () => {
-      await agent.stop(1_000);
-    });
+    const agent = runAgentProcess(t, args, { env, killAfterMs: 1_000 });
     return agent.exited.then((status) => ({ ...status, output: agent.output }));
   }
 
   it('invalid configuration: exit 78 with every problem listed', async () => {
-    const dir = mkdtempSync(join(work(), 'cfg-'));
+    const dir = mkdtempSync(join(tempWorkDir(t, 'mgda-e2e-'), 'cfg-'));
     const configFile = join(dir, 'agent.json');
     writeFileSync(configFile, JSON.stringify({ bootstrap: { url: 'not a url', mode: 'loud' }, mqtt: { qos: 3 } }));
     const result = await runToExit(['run', '--config', configFile]);
@@ -225,7 +180,7 @@ describe('start-up refusals', () => {
   });
 
   it('external key file readable by others: exit 78 naming the fix, key not printed', async () => {
-    const dir = work();
+    const dir = tempWorkDir(t, 'mgda-e2e-');
     const files = writeDeviceFiles(dir, { bootstrapUrl: 'http://127.0.0.1:9', externalKey: 'very-secret-external-key' });
     chmodSync(files.keyFile, 0o644);
     const result = await runToExit(['run', '--config', files.configFile]);
@@ -236,7 +191,7 @@ describe('start-up refusals', () => {
   });
 
   it('secure mode with an encryption key of the wrong length: exit 78, key not printed', async () => {
-    const dir = work();
+    const dir = tempWorkDir(t, 'mgda-e2e-');
     const files = writeDeviceFiles(dir, { bootstrapUrl: 'http://127.0.0.1:9', externalKey: 'k', encryptKey: 'twenty-byte-key-xxxx' });
     const result = await runToExit(['run', '--config', files.configFile]);
     expect(result.code).toBe(78);

@@ -1,16 +1,15 @@
-import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterEach, describe, expect, it } from 'vitest';
-import { AgentProcess, type LogLine } from '../../agent/devstack/agent-process.js';
+import { describe, expect, it } from 'vitest';
+import type { AgentProcess } from '../../agent/devstack/agent-process.js';
 import { faultAlways } from '../../agent/devstack/faults.js';
 import { cleanAgentEnv, registerDevice, writeDeviceFiles, type RegisteredDevice } from '../../agent/devstack/scenario.js';
-import { startDevStack, type DevStack } from '../../agent/devstack/stack.js';
+import type { DevStack } from '../../agent/devstack/stack.js';
 import { StatusFileSchema } from '../../agent/lifecycle/status-file.js';
+import { createDevChannel, onlineWith, randomExternalId, runAgentProcess, startStack, tempWorkDir, useTeardown, waitForLineFrom } from '../helpers/agent-harness.js';
 import { FaultProxy } from '../helpers/fault-proxy.js';
 import { notifyToolsMissing, startNotifyListener, type NotifyListener } from '../helpers/notify-listener.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
 
 /*
  * The real built agent over its lifetime: what systemd hears on a real NOTIFY_SOCKET, what the
@@ -25,43 +24,14 @@ if (missingTools.length > 0 && !onCi) {
 }
 const itNotify = missingTools.length > 0 && !onCi ? it.skip : it;
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const fn of cleanups.splice(0).reverse()) await fn();
-});
-
-function work(): string {
-  const { dir, cleanup } = makeTempDir('mgda-life-');
-  cleanups.push(cleanup);
-  return dir;
-}
-
-async function stack(): Promise<DevStack> {
-  const s = await startDevStack({ encryptKey: 'v7aT0HGxJxt2gULzr3RHwf4WIf6DusPp' });
-  cleanups.push(() => s.close());
-  return s;
-}
-
-function externalId(): string {
-  return Array.from(randomBytes(6), (b) => b.toString(16).padStart(2, '0')).join(':');
-}
+const t = useTeardown();
 
 function content(s: DevStack, extra: Record<string, unknown> = {}, brokerUrl = s.mqttUrl): string {
   return JSON.stringify({ agent: { mqtt: { url: brokerUrl } }, domain_id: s.domainId, ...extra });
 }
 
 function run(configFile: string, env: NodeJS.ProcessEnv = {}): AgentProcess {
-  const agent = new AgentProcess({ args: ['run', '--config', configFile], env: cleanAgentEnv(env) });
-  cleanups.push(async () => {
-    await agent.stop(2_000);
-  });
-  return agent;
-}
-
-const onlineWith = (n: number) => (l: LogLine) => String(l.msg).startsWith(`online: subscribed to ${n} of ${n}`);
-
-function after(agent: AgentProcess, from: number, predicate: (l: LogLine) => boolean, what: string, timeoutMs = 15_000): Promise<LogLine> {
-  return agent.waitFor((l) => agent.lines.indexOf(l) >= from && predicate(l), timeoutMs, what);
+  return runAgentProcess(t, ['run', '--config', configFile], { env: cleanAgentEnv(env) });
 }
 
 /** Sessions the broker accepted for this client (each CONNECT that got CONNACK 0). */
@@ -88,16 +58,16 @@ function updateContent(s: DevStack, device: RegisteredDevice, text: string): Pro
 }
 
 async function listener(): Promise<NotifyListener> {
-  const l = await startNotifyListener(work());
-  cleanups.push(() => l.close());
+  const l = await startNotifyListener(tempWorkDir(t, 'mgda-life-'));
+  t.add(() => l.close());
   return l;
 }
 
 describe('systemd hears the truth (real NOTIFY_SOCKET, real agent)', () => {
   itNotify('READY=1 only once online, STATUS= on the way, WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1 on SIGTERM', async () => {
-    const s = await stack();
-    const device = await registerDevice(s, { externalId: externalId(), enable: true });
-    const files = writeDeviceFiles(work(), { externalId: device.externalId, bootstrapUrl: s.bootstrapUrl, externalKey: device.externalKey });
+    const s = await startStack(t);
+    const device = await registerDevice(s, { externalId: randomExternalId(), enable: true });
+    const files = writeDeviceFiles(tempWorkDir(t, 'mgda-life-'), { externalId: device.externalId, bootstrapUrl: s.bootstrapUrl, externalKey: device.externalKey });
     const notify = await listener();
     const agent = run(files.configFile, { NOTIFY_SOCKET: notify.socketPath, WATCHDOG_USEC: '1000000' });
 
@@ -122,10 +92,10 @@ describe('systemd hears the truth (real NOTIFY_SOCKET, real agent)', () => {
   });
 
   itNotify('no configuration and Bootstrap unreachable: no READY=1 (STATUS says why) until the first connection', async () => {
-    const s = await stack();
-    const device = await registerDevice(s, { externalId: externalId(), enable: true });
+    const s = await startStack(t);
+    const device = await registerDevice(s, { externalId: randomExternalId(), enable: true });
     s.bootstrap.setFault(faultAlways({ kind: 'status', status: 503 }));
-    const files = writeDeviceFiles(work(), { externalId: device.externalId, bootstrapUrl: s.bootstrapUrl, externalKey: device.externalKey });
+    const files = writeDeviceFiles(tempWorkDir(t, 'mgda-life-'), { externalId: device.externalId, bootstrapUrl: s.bootstrapUrl, externalKey: device.externalKey });
     const notify = await listener();
     const agent = run(files.configFile, { NOTIFY_SOCKET: notify.socketPath });
     await agent.waitFor((l) => l['code'] === 'BOOTSTRAP_SERVER_ERROR' && Number(l['attempt']) >= 2, 10_000, 'two failed attempts');
@@ -136,11 +106,11 @@ describe('systemd hears the truth (real NOTIFY_SOCKET, real agent)', () => {
   });
 
   itNotify('a stored configuration and the broker unreachable: READY=1 saying it runs on the stored generation', async () => {
-    const s = await stack();
+    const s = await startStack(t);
     const proxy = await FaultProxy.start({ host: '127.0.0.1', port: s.broker.port });
-    cleanups.push(() => proxy.close());
-    const device = await registerDevice(s, { externalId: externalId(), enable: true, content: content(s, {}, `mqtt://127.0.0.1:${proxy.port}`) });
-    const files = writeDeviceFiles(work(), { externalId: device.externalId, bootstrapUrl: s.bootstrapUrl, externalKey: device.externalKey });
+    t.add(() => proxy.close());
+    const device = await registerDevice(s, { externalId: randomExternalId(), enable: true, content: content(s, {}, `mqtt://127.0.0.1:${proxy.port}`) });
+    const files = writeDeviceFiles(tempWorkDir(t, 'mgda-life-'), { externalId: device.externalId, bootstrapUrl: s.bootstrapUrl, externalKey: device.externalKey });
     const first = run(files.configFile);
     await first.waitFor(onlineWith(2), 15_000, 'online');
     expect((await first.stop()).code).toBe(0);
@@ -174,10 +144,10 @@ describe('configuration changes while running', () => {
   }
 
   itNotify('SIGHUP, content changed: RELOADING=1 then READY=1, file rewritten, no reconnect, onApply run with the paths', async () => {
-    const s = await stack();
-    const device = await registerDevice(s, { externalId: externalId(), enable: true, content: content(s, { version: 1 }) });
+    const s = await startStack(t);
+    const device = await registerDevice(s, { externalId: randomExternalId(), enable: true, content: content(s, { version: 1 }) });
     const connects = countConnects(s, device.clientId);
-    const dir = work();
+    const dir = tempWorkDir(t, 'mgda-life-');
     const { program, out } = hook(dir);
     const files = writeDeviceFiles(dir, {
       externalId: device.externalId,
@@ -194,8 +164,8 @@ describe('configuration changes while running', () => {
     await updateContent(s, device, content(s, { version: 2 }));
     const from = agent.lines.length;
     agent.child.kill('SIGHUP');
-    await after(agent, from, (l) => String(l.msg).includes('applied without reconnecting'), 'applied live');
-    await after(agent, from, (l) => l.msg === 'onApply finished', 'onApply after the change');
+    await waitForLineFrom(agent, from, (l) => String(l.msg).includes('applied without reconnecting'), 'applied live');
+    await waitForLineFrom(agent, from, (l) => l.msg === 'onApply finished', 'onApply after the change');
 
     const current = join(files.stateDir, 'current');
     expect(readlinkSync(current)).toBe('generations/000002');
@@ -218,10 +188,10 @@ describe('configuration changes while running', () => {
   });
 
   it('a channel connected by the operator: subscribed on the live session at the next periodic check', async () => {
-    const s = await stack();
-    const device = await registerDevice(s, { externalId: externalId(), enable: true });
+    const s = await startStack(t);
+    const device = await registerDevice(s, { externalId: randomExternalId(), enable: true });
     const connects = countConnects(s, device.clientId);
-    const files = writeDeviceFiles(work(), {
+    const files = writeDeviceFiles(tempWorkDir(t, 'mgda-life-'), {
       externalId: device.externalId,
       bootstrapUrl: s.bootstrapUrl,
       externalKey: device.externalKey,
@@ -229,12 +199,7 @@ describe('configuration changes while running', () => {
     });
     const agent = run(files.configFile);
     await agent.waitFor(onlineWith(2), 15_000, 'online');
-    const res = await fetch(`${s.bootstrapUrl}/dev/channels`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${s.userToken}` },
-      body: JSON.stringify({ domain_id: s.domainId, name: 'alerts' }),
-    });
-    const alerts = ((await res.json()) as { id: string }).id;
+    const alerts = await createDevChannel(s, 'alerts');
     const subscribed = new Promise<string>((resolve) =>
       s.broker.events.on('subscribed', (e: { username: string; topic: string }) => {
         if (e.username === device.clientId && e.topic.includes(alerts)) resolve(e.topic);
@@ -248,18 +213,18 @@ describe('configuration changes while running', () => {
   });
 
   it('SIGHUP after the secret was rotated (session still up): a new session with the new secret, then promoted', async () => {
-    const s = await stack();
-    const device = await registerDevice(s, { externalId: externalId(), enable: true });
+    const s = await startStack(t);
+    const device = await registerDevice(s, { externalId: randomExternalId(), enable: true });
     const connects = countConnects(s, device.clientId);
-    const files = writeDeviceFiles(work(), { externalId: device.externalId, bootstrapUrl: s.bootstrapUrl, externalKey: device.externalKey });
+    const files = writeDeviceFiles(tempWorkDir(t, 'mgda-life-'), { externalId: device.externalId, bootstrapUrl: s.bootstrapUrl, externalKey: device.externalKey });
     const agent = run(files.configFile);
     await agent.waitFor(onlineWith(2), 15_000, 'online');
     const rotated = await fetch(`${s.bootstrapUrl}/dev/clients/${device.clientId}/secret`, { method: 'POST' });
     const newSecret = ((await rotated.json()) as { client_secret: string }).client_secret;
     const from = agent.lines.length;
     agent.child.kill('SIGHUP');
-    await after(agent, from, (l) => l.msg === 'broker accepted the configuration; generation promoted', 'promoted');
-    await after(agent, from, onlineWith(2), 'online again');
+    await waitForLineFrom(agent, from, (l) => l.msg === 'broker accepted the configuration; generation promoted', 'promoted');
+    await waitForLineFrom(agent, from, onlineWith(2), 'online again');
     expect(connects()).toBe(2);
     expect(s.broker.sessions().filter((x) => x.username === device.clientId)).toHaveLength(1);
     expect(readlinkSync(join(files.stateDir, 'current'))).toBe('generations/000002');
@@ -269,9 +234,9 @@ describe('configuration changes while running', () => {
 
 describe('status file', () => {
   it('status.json: 0644, the shared schema, online with channels and a broker URL without credentials; "stopped" at the end', async () => {
-    const s = await stack();
-    const device = await registerDevice(s, { externalId: externalId(), enable: true });
-    const files = writeDeviceFiles(work(), { externalId: device.externalId, bootstrapUrl: s.bootstrapUrl, externalKey: device.externalKey });
+    const s = await startStack(t);
+    const device = await registerDevice(s, { externalId: randomExternalId(), enable: true });
+    const files = writeDeviceFiles(tempWorkDir(t, 'mgda-life-'), { externalId: device.externalId, bootstrapUrl: s.bootstrapUrl, externalKey: device.externalKey });
     const agent = run(files.configFile);
     await agent.waitFor(onlineWith(2), 15_000, 'online');
     const path = join(files.stateDir, 'status.json');
@@ -299,10 +264,10 @@ describe('status file', () => {
 
 describe('restarts and power cuts', () => {
   it('a crash loop resumes the backoff it was in; the streak is forgotten once a connection stays up', async () => {
-    const s = await stack();
-    const device = await registerDevice(s, { externalId: externalId(), enable: true });
+    const s = await startStack(t);
+    const device = await registerDevice(s, { externalId: randomExternalId(), enable: true });
     s.bootstrap.setFault(faultAlways({ kind: 'status', status: 502 }));
-    const files = writeDeviceFiles(work(), {
+    const files = writeDeviceFiles(tempWorkDir(t, 'mgda-life-'), {
       externalId: device.externalId,
       bootstrapUrl: s.bootstrapUrl,
       externalKey: device.externalKey,
@@ -332,9 +297,9 @@ describe('restarts and power cuts', () => {
   });
 
   it('a torn current generation at start-up: moved aside, logged once, back on the previous one, then refreshed', async () => {
-    const s = await stack();
-    const device = await registerDevice(s, { externalId: externalId(), enable: true, content: content(s, { version: 1 }) });
-    const files = writeDeviceFiles(work(), { externalId: device.externalId, bootstrapUrl: s.bootstrapUrl, externalKey: device.externalKey });
+    const s = await startStack(t);
+    const device = await registerDevice(s, { externalId: randomExternalId(), enable: true, content: content(s, { version: 1 }) });
+    const files = writeDeviceFiles(tempWorkDir(t, 'mgda-life-'), { externalId: device.externalId, bootstrapUrl: s.bootstrapUrl, externalKey: device.externalKey });
     const first = run(files.configFile);
     await first.waitFor(onlineWith(2), 15_000, 'online');
     await updateContent(s, device, content(s, { version: 2 }));
@@ -358,9 +323,9 @@ describe('restarts and power cuts', () => {
   });
 
   it('commands sent while the agent was stopped are delivered when it comes back (persistent session, QoS 1)', async () => {
-    const s = await stack();
-    const device = await registerDevice(s, { externalId: externalId(), enable: true });
-    const files = writeDeviceFiles(work(), { externalId: device.externalId, bootstrapUrl: s.bootstrapUrl, externalKey: device.externalKey });
+    const s = await startStack(t);
+    const device = await registerDevice(s, { externalId: randomExternalId(), enable: true });
+    const files = writeDeviceFiles(tempWorkDir(t, 'mgda-life-'), { externalId: device.externalId, bootstrapUrl: s.bootstrapUrl, externalKey: device.externalKey });
     const first = run(files.configFile);
     await first.waitFor(onlineWith(2), 15_000, 'online');
     expect((await first.stop()).code).toBe(0);

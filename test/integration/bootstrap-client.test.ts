@@ -5,15 +5,15 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Agent } from 'undici';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { BootstrapClient, type BootstrapClientOptions } from '../../agent/bootstrap/client.js';
 import { encryptCfb, openSecureToken } from '../../agent/bootstrap/crypto.js';
 import { AgentError, type ErrorCode } from '../../agent/errors/agent-error.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
-import { keyByName, loadVectors, type ResponseVector } from '../helpers/vectors.js';
+import { tempWorkDir, useTeardown } from '../helpers/agent-harness.js';
+import { aesKeyByName, loadVectors, responseVectorById, type ResponseVector } from '../helpers/vectors.js';
 
 const vectors = loadVectors();
-const aesKey = (name: string): Buffer => Buffer.from(keyByName(vectors, name).aes_key_hex, 'hex');
+const aesKey = (name: string): Buffer => aesKeyByName(vectors, name);
 const K32 = aesKey('K32');
 const K16 = aesKey('K16');
 
@@ -21,19 +21,12 @@ const EXTERNAL_ID = 'dc:a6:32:01:02:03';
 const EXTERNAL_KEY = 'rpi-temp-001-bootstrap-key';
 const CLIENT_SECRET = '30c775d7-3504-42c6-976c-52c02474bf2f';
 
-function vector(id: string): ResponseVector {
-  const found = vectors.response_vectors.find((v) => v.id === id);
-  if (!found) throw new Error(`no response vector ${id}`);
-  return found;
-}
+const vector = (id: string): ResponseVector => responseVectorById(vectors, id);
 
 // ---------------------------------------------------------------------------------------------
 // Harness: real servers on 127.0.0.1:0, every one closed after its test.
 
-const cleanups: Array<() => unknown> = [];
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()?.();
-});
+const t = useTeardown();
 
 interface Seen {
   /** The request line as the server parsed it (req.url is the raw request-target). */
@@ -46,6 +39,8 @@ interface TestServer {
   baseUrl: string;
   port: number;
   seen: Seen[];
+  /** Closes it now (the teardown closes it anyway). */
+  close(): Promise<void>;
 }
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -63,20 +58,19 @@ async function serve(handler: Handler, tls?: { key: Buffer; cert: Buffer }): Pro
   };
   const server = tls ? https.createServer(tls, onRequest) : http.createServer(onRequest);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  cleanups.push(
-    () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  );
+  const close = (): Promise<void> =>
+    new Promise<void>((resolve) => {
+      server.closeAllConnections();
+      server.close(() => resolve());
+    });
+  t.add(close);
   const { port } = server.address() as AddressInfo;
-  return { baseUrl: `${tls ? 'https' : 'http'}://127.0.0.1:${port}`, port, seen };
+  return { baseUrl: `${tls ? 'https' : 'http'}://127.0.0.1:${port}`, port, seen, close };
 }
 
 function newAgent(options: ConstructorParameters<typeof Agent>[0] = {}): Agent {
   const agent = new Agent(options);
-  cleanups.push(() => agent.destroy());
+  t.add(() => agent.destroy());
   return agent;
 }
 
@@ -557,7 +551,7 @@ describe('bodies that are not a bootstrap response', () => {
 describe('network failures', () => {
   it('connection refused', async () => {
     const server = await serve(() => undefined);
-    await cleanups.pop()?.(); // close it again: the port is now known to refuse
+    await server.close(); // closed again: the port is now known to refuse
     const err = await failure(client(server.baseUrl).fetchRaw(EXTERNAL_ID, EXTERNAL_KEY), 'BOOTSTRAP_NETWORK');
     expect(err.details['osCode']).toBe('ECONNREFUSED');
   });
@@ -588,22 +582,23 @@ describe('network failures', () => {
 });
 
 describe('https', () => {
-  let pki: { dir: string; cleanup: () => void };
-  const pem = (name: string): Buffer => readFileSync(join(pki.dir, name));
+  const suite = useTeardown('all');
+  let pkiDir = '';
+  const pem = (name: string): Buffer => readFileSync(join(pkiDir, name));
   const openssl = (...args: string[]): void => {
-    execFileSync('openssl', args, { cwd: pki.dir, stdio: 'pipe' });
+    execFileSync('openssl', args, { cwd: pkiDir, stdio: 'pipe' });
   };
 
   beforeAll(() => {
-    pki = makeTempDir('mgda-pki-');
+    pkiDir = tempWorkDir(suite, 'mgda-pki-');
     const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
     openssl('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '3', '-subj', '/CN=mgda test CA');
     openssl('req', ...ec, '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1');
-    mkdirSync(join(pki.dir, 'issued'));
-    writeFileSync(join(pki.dir, 'index.txt'), '');
-    writeFileSync(join(pki.dir, 'serial'), '1000\n');
+    mkdirSync(join(pkiDir, 'issued'));
+    writeFileSync(join(pkiDir, 'index.txt'), '');
+    writeFileSync(join(pkiDir, 'serial'), '1000\n');
     writeFileSync(
-      join(pki.dir, 'ca.cnf'),
+      join(pkiDir, 'ca.cnf'),
       [
         '[ca]',
         'default_ca = test',
@@ -634,7 +629,6 @@ describe('https', () => {
     issue('future.pem', 'loopback', '20990101000000Z', '20990102000000Z');
     issue('otherhost.pem', 'otherhost', stamp(-1), stamp(2));
   });
-  afterAll(() => pki.cleanup());
 
   const httpsServer = (cert: string): Promise<TestServer> =>
     serve((_req, res) => sendBinary(res, Buffer.from(vector('resp-K32-v020-channels').secure_body_hex, 'hex')), {

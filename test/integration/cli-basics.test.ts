@@ -1,15 +1,12 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { describe, expect, it } from 'vitest';
+import { tempWorkDir, useTeardown } from '../helpers/agent-harness.js';
 import { runCli } from '../helpers/run-cli.js';
 
 /* The CLI's surface: --help on every command, --version, exit codes for usage errors, `identity`. */
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const fn of cleanups.splice(0)) fn();
-});
+const t = useTeardown();
 
 const COMMANDS = ['run', 'identity', 'bootstrap', 'status', 'doctor', 'provision', 'encrypt-key'];
 
@@ -42,8 +39,7 @@ describe('mg-device-agent CLI', () => {
   });
 
   it('identity: a configured external ID; an invalid configuration exits 78', async () => {
-    const { dir, cleanup } = makeTempDir('mgda-cli-basics-');
-    cleanups.push(cleanup);
+    const dir = tempWorkDir(t, 'mgda-cli-basics-');
     const configFile = join(dir, 'agent.json');
     writeFileSync(configFile, JSON.stringify({ identity: { externalId: 'line-7-unit-42' }, state: { dir: join(dir, 'state') } }));
     const identity = await runCli(['identity', '--config', configFile]);

@@ -1,12 +1,9 @@
-import { randomBytes } from 'node:crypto';
 import { chownSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startDevStack, type DevStack, type DevStackOptions } from '../../agent/devstack/stack.js';
-import { AgentProcess } from '../../agent/devstack/agent-process.js';
-import { cleanAgentEnv, registerDevice, writeDeviceFiles, type RegisteredDevice } from '../../agent/devstack/scenario.js';
-import { makeTestCerts, type TestCerts } from '../helpers/test-certs.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { describe, expect, it } from 'vitest';
+import type { DevStack } from '../../agent/devstack/stack.js';
+import { registerDevice, writeDeviceFiles, type RegisteredDevice } from '../../agent/devstack/scenario.js';
+import { K32_ENCRYPT_KEY, expectNoSecretsIn, onlineWith, pemBodyLines, randomExternalId, runAgentProcess, startStack, tempWorkDir, usePki, useTeardown } from '../helpers/agent-harness.js';
 import { runCli, snapshotTree, type CliRun } from '../helpers/run-cli.js';
 
 /*
@@ -14,37 +11,11 @@ import { runCli, snapshotTree, type CliRun } from '../helpers/run-cli.js';
  * print, what they leave on disk (nothing, for --dry-run), and that no secret is ever printed.
  */
 
-const ENCRYPT_KEY = 'v7aT0HGxJxt2gULzr3RHwf4WIf6DusPp';
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const fn of cleanups.splice(0).reverse()) await fn();
-});
-
-let pki: TestCerts;
-beforeAll(() => {
-  const { dir, cleanup } = makeTempDir('mgda-cli-pki-');
-  pki = makeTestCerts(dir);
-  return cleanup;
-});
-
-function externalId(): string {
-  return Array.from(randomBytes(6), (b) => b.toString(16).padStart(2, '0')).join(':');
-}
-
-async function stackWith(options: Partial<DevStackOptions> = {}): Promise<DevStack> {
-  const stack = await startDevStack({ encryptKey: ENCRYPT_KEY, ...options });
-  cleanups.push(() => stack.close());
-  return stack;
-}
-
-function work(): string {
-  const { dir, cleanup } = makeTempDir('mgda-cli-');
-  cleanups.push(cleanup);
-  return dir;
-}
+const t = useTeardown();
+const pki = usePki('mgda-cli-pki-');
 
 function expectNoSecrets(runs: CliRun[], secrets: string[]): void {
-  for (const run of runs) for (const secret of secrets) expect(run.stdout + run.stderr, 'a secret was printed').not.toContain(secret);
+  for (const run of runs) expectNoSecretsIn(run.stdout + run.stderr, secrets);
 }
 
 async function devStackCall(stack: DevStack, method: string, path: string, body?: unknown): Promise<unknown> {
@@ -66,9 +37,9 @@ async function addChannel(stack: DevStack, device: RegisteredDevice, name: strin
 
 describe('bootstrap --once', () => {
   it('--dry-run writes nothing; --once writes and promotes only when the configuration changed; the diff is redacted', async () => {
-    const stack = await stackWith();
-    const device = await registerDevice(stack, { externalId: externalId(), enable: true });
-    const files = writeDeviceFiles(work(), { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: device.externalKey, encryptKey: ENCRYPT_KEY });
+    const stack = await startStack(t);
+    const device = await registerDevice(stack, { externalId: randomExternalId(), enable: true });
+    const files = writeDeviceFiles(tempWorkDir(t, 'mgda-cli-'), { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: device.externalKey, encryptKey: K32_ENCRYPT_KEY });
     const cli = (...args: string[]) => runCli([...args, '--config', files.configFile]);
 
     // Nothing on disk yet: the dry run describes all of it and creates nothing, not even the directory.
@@ -116,13 +87,13 @@ describe('bootstrap --once', () => {
     expect(applied.stdout).toContain('wrote generation 2 and made it current');
     expect(readFileSync(join(files.stateDir, 'current', 'content'), 'utf8')).toBe(newContent);
 
-    expectNoSecrets([first, written, again, diff, applied], [device.externalKey, ENCRYPT_KEY, oldSecret, rotated.client_secret, 'content-marker-9f2']);
+    expectNoSecrets([first, written, again, diff, applied], [device.externalKey, K32_ENCRYPT_KEY, oldSecret, rotated.client_secret, 'content-marker-9f2']);
   });
 
   it('a refused fetch exits 1 with the code and a hint; without --once it is a usage error', async () => {
-    const stack = await stackWith();
-    const device = await registerDevice(stack, { externalId: externalId() });
-    const files = writeDeviceFiles(work(), { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: 'not-the-registered-key' });
+    const stack = await startStack(t);
+    const device = await registerDevice(stack, { externalId: randomExternalId() });
+    const files = writeDeviceFiles(tempWorkDir(t, 'mgda-cli-'), { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: 'not-the-registered-key' });
     const refused = await runCli(['bootstrap', '--once', '--config', files.configFile]);
     expect(refused.code).toBe(1);
     expect(refused.stderr).toContain('BOOTSTRAP_FORBIDDEN');
@@ -135,9 +106,9 @@ describe('bootstrap --once', () => {
     expect(usage.stderr).toContain('--once');
   });
   it("run by root in a state directory owned by the agent's user: what root wrote is handed to that user", async () => {
-    const stack = await stackWith();
-    const device = await registerDevice(stack, { externalId: externalId(), enable: true });
-    const files = writeDeviceFiles(work(), { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: device.externalKey });
+    const stack = await startStack(t);
+    const device = await registerDevice(stack, { externalId: randomExternalId(), enable: true });
+    const files = writeDeviceFiles(tempWorkDir(t, 'mgda-cli-'), { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: device.externalKey });
     mkdirSync(files.stateDir, { mode: 0o700 });
     // As root (CI), the directory belongs to "nobody", as the service user's would; otherwise to us.
     const isRoot = process.getuid?.() === 0;
@@ -161,13 +132,13 @@ describe('bootstrap --once', () => {
 
 describe('status', () => {
   it('before the first run, while the agent runs (refusing a second writer), and after it stopped', async () => {
-    const stack = await stackWith({ tls: { key: pki.serverKey, cert: pki.serverCert, ca: pki.caCert, requestCert: true } });
+    const stack = await startStack(t, { tls: { key: pki.serverKey, cert: pki.serverCert, ca: pki.caCert, requestCert: true } });
     const device = await registerDevice(stack, {
-      externalId: externalId(),
+      externalId: randomExternalId(),
       enable: true,
       certs: { clientCert: pki.clientCert, clientKey: pki.clientKey, caCert: pki.caCert },
     });
-    const files = writeDeviceFiles(work(), { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: device.externalKey, encryptKey: ENCRYPT_KEY });
+    const files = writeDeviceFiles(tempWorkDir(t, 'mgda-cli-'), { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: device.externalKey, encryptKey: K32_ENCRYPT_KEY });
     const status = (...extra: string[]) => runCli(['status', '--config', files.configFile, ...extra]);
 
     const nothing = await status();
@@ -175,11 +146,8 @@ describe('status', () => {
     expect(nothing.stdout).toContain('agent: unknown (no status file: the agent has not run here yet)');
     expect(nothing.stdout).toContain('generation: none on disk');
 
-    const agent = new AgentProcess({ args: ['run', '--config', files.configFile], env: cleanAgentEnv() });
-    cleanups.push(async () => {
-      await agent.stop(2_000);
-    });
-    await agent.waitFor((l) => String(l.msg).startsWith('online: subscribed to 2 of 2'), 20_000, 'online');
+    const agent = runAgentProcess(t, ['run', '--config', files.configFile]);
+    await agent.waitFor(onlineWith(2), 20_000, 'online');
 
     // status.json is written at most once a second: wait until it shows the online state.
     let report: { running: boolean; status: { state: string; pid: number; channels: { subscribed: string[] } } } | undefined;
@@ -216,7 +184,7 @@ describe('status', () => {
     expect(after.stdout).toMatch(/^state: stopped/m);
 
     const secret = stack.registry.getClient(device.clientId)?.secret as string;
-    const keyBody = pki.clientKey.split('\n').filter((l) => l && !l.startsWith('-----'))[0] as string;
-    expectNoSecrets([nothing, live, after, second], [device.externalKey, ENCRYPT_KEY, secret, keyBody]);
+    const keyBody = pemBodyLines(pki.clientKey)[0] as string;
+    expectNoSecrets([nothing, live, after, second], [device.externalKey, K32_ENCRYPT_KEY, secret, keyBody]);
   });
 });

@@ -1,12 +1,8 @@
-import { randomBytes } from 'node:crypto';
 import { chmodSync, writeFileSync } from 'node:fs';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startDevStack, type DevStack, type DevStackOptions } from '../../agent/devstack/stack.js';
-import { AgentProcess } from '../../agent/devstack/agent-process.js';
+import { describe, expect, it } from 'vitest';
 import type { BrokerEvents } from '../../agent/devstack/broker.js';
-import { cleanAgentEnv, registerDevice, writeDeviceFiles } from '../../agent/devstack/scenario.js';
-import { makeTestCerts, type TestCerts } from '../helpers/test-certs.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { registerDevice, writeDeviceFiles } from '../../agent/devstack/scenario.js';
+import { K32_ENCRYPT_KEY, expectNoSecretsIn, onlineWith, pemBodyLines, randomExternalId, runAgentProcess, startStack, tempWorkDir, usePki, useTeardown } from '../helpers/agent-harness.js';
 import { runCli, snapshotTree, type CliRun } from '../helpers/run-cli.js';
 
 /*
@@ -14,34 +10,8 @@ import { runCli, snapshotTree, type CliRun } from '../helpers/run-cli.js';
  * healthy device and on broken ones, read line by line.
  */
 
-const ENCRYPT_KEY = 'v7aT0HGxJxt2gULzr3RHwf4WIf6DusPp';
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const fn of cleanups.splice(0).reverse()) await fn();
-});
-
-let pki: TestCerts;
-beforeAll(() => {
-  const { dir, cleanup } = makeTempDir('mgda-doctor-pki-');
-  pki = makeTestCerts(dir);
-  return cleanup;
-});
-
-function externalId(): string {
-  return `doctor-${randomBytes(4).toString('hex')}`;
-}
-
-async function stackWith(options: Partial<DevStackOptions> = {}): Promise<DevStack> {
-  const stack = await startDevStack({ encryptKey: ENCRYPT_KEY, ...options });
-  cleanups.push(() => stack.close());
-  return stack;
-}
-
-function work(): string {
-  const { dir, cleanup } = makeTempDir('mgda-doctor-');
-  cleanups.push(cleanup);
-  return dir;
-}
+const t = useTeardown();
+const pki = usePki('mgda-doctor-pki-');
 
 /** The verdict lines of a doctor run, by check name. */
 function verdicts(run: CliRun): Map<string, { status: string; detail: string; hint?: string }> {
@@ -62,9 +32,9 @@ function doctor(configFile: string): Promise<CliRun> {
 
 describe('doctor', () => {
   it('healthy device: every check passes, nothing is written, and a running agent is not disturbed', async () => {
-    const stack = await stackWith();
-    const device = await registerDevice(stack, { externalId: externalId(), enable: true });
-    const files = writeDeviceFiles(work(), { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: device.externalKey, encryptKey: ENCRYPT_KEY });
+    const stack = await startStack(t);
+    const device = await registerDevice(stack, { externalId: randomExternalId('doctor'), enable: true });
+    const files = writeDeviceFiles(tempWorkDir(t, 'mgda-doctor-'), { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: device.externalKey, encryptKey: K32_ENCRYPT_KEY });
     expect((await runCli(['bootstrap', '--once', '--config', files.configFile])).code).toBe(0);
 
     const before = snapshotTree(files.stateDir);
@@ -103,11 +73,8 @@ describe('doctor', () => {
     expect(parsed.find((r) => r.name === 'broker login')?.status).toBe('PASS');
 
     // With the agent online: the probe uses its own client ID, so the agent's session stays up.
-    const agent = new AgentProcess({ args: ['run', '--config', files.configFile], env: cleanAgentEnv() });
-    cleanups.push(async () => {
-      await agent.stop(2_000);
-    });
-    await agent.waitFor((l) => String(l.msg).startsWith('online: subscribed to 2 of 2'), 20_000, 'online');
+    const agent = runAgentProcess(t, ['run', '--config', files.configFile]);
+    await agent.waitFor(onlineWith(2), 20_000, 'online');
     const probeSessions: string[] = [];
     const probePublishes: string[] = [];
     stack.broker.events.on('clientConnected', (s: BrokerEvents['clientConnected']) => probeSessions.push(s.mqttClientId));
@@ -123,16 +90,14 @@ describe('doctor', () => {
     expect(agent.lines.some((l) => String(l.msg).includes('connection to the broker lost'))).toBe(false);
 
     const secret = stack.registry.getClient(device.clientId)?.secret as string;
-    for (const output of [run.stdout + run.stderr, live.stdout + live.stderr]) {
-      for (const value of [device.externalKey, ENCRYPT_KEY, secret]) expect(output).not.toContain(value);
-    }
+    for (const output of [run.stdout + run.stderr, live.stdout + live.stderr]) expectNoSecretsIn(output, [device.externalKey, K32_ENCRYPT_KEY, secret]);
   });
 
   it('broken devices: a channel not connected, a wrong key, a key file others can read, the broker down', async () => {
-    const stack = await stackWith();
+    const stack = await startStack(t);
     // Registered but never enabled: bootstrap works, the broker refuses its channels.
-    const device = await registerDevice(stack, { externalId: externalId() });
-    const dir = work();
+    const device = await registerDevice(stack, { externalId: randomExternalId('doctor') });
+    const dir = tempWorkDir(t, 'mgda-doctor-');
     const files = writeDeviceFiles(dir, { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: device.externalKey });
     expect((await runCli(['bootstrap', '--once', '--config', files.configFile])).code).toBe(0);
 
@@ -185,13 +150,13 @@ describe('doctor', () => {
   });
 
   it('mutual TLS: broker login with the client certificate, key match, and a warning for a certificate about to expire', async () => {
-    const stack = await stackWith({ tls: { key: pki.serverKey, cert: pki.serverCert, ca: pki.caCert, requestCert: true } });
+    const stack = await startStack(t, { tls: { key: pki.serverKey, cert: pki.serverCert, ca: pki.caCert, requestCert: true } });
     const device = await registerDevice(stack, {
-      externalId: externalId(),
+      externalId: randomExternalId('doctor'),
       enable: true,
       certs: { clientCert: pki.clientCert, clientKey: pki.clientKey, caCert: pki.caCert },
     });
-    const files = writeDeviceFiles(work(), { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: device.externalKey });
+    const files = writeDeviceFiles(tempWorkDir(t, 'mgda-doctor-'), { externalId: device.externalId, bootstrapUrl: stack.bootstrapUrl, externalKey: device.externalKey });
     expect((await runCli(['bootstrap', '--once', '--config', files.configFile])).code).toBe(0);
 
     const run = await doctor(files.configFile);
@@ -204,7 +169,7 @@ describe('doctor', () => {
     expect(checks.get('broker login')?.status).toBe('PASS');
     expect(checks.get(`channel ${device.channelIds[0]} (commands)`)?.status).toBe('PASS');
     expect(run.code, run.stdout).toBe(0);
-    const keyBody = pki.clientKey.split('\n').filter((l) => l && !l.startsWith('-----'))[0] as string;
-    expect(run.stdout + run.stderr).not.toContain(keyBody);
+    const keyBody = pemBodyLines(pki.clientKey)[0] as string;
+    expectNoSecretsIn(run.stdout + run.stderr, [keyBody]);
   });
 });

@@ -1,12 +1,9 @@
-import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { startDevStack, type DevStack } from '../../agent/devstack/stack.js';
-import { AgentProcess } from '../../agent/devstack/agent-process.js';
+import { describe, expect, it } from 'vitest';
 import { cleanAgentEnv, defaultContent } from '../../agent/devstack/scenario.js';
 import { decryptCfb } from '../../agent/bootstrap/crypto.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { K32_ENCRYPT_KEY, createDevChannel, expectNoSecretsIn, onlineWith, randomExternalId, runAgentProcess, startStack, tempWorkDir, useTeardown } from '../helpers/agent-harness.js';
 import { runCli } from '../helpers/run-cli.js';
 
 /*
@@ -15,45 +12,25 @@ import { runCli } from '../helpers/run-cli.js';
  * line that the Bootstrap service accepts.
  */
 
-const ENCRYPT_KEY = 'v7aT0HGxJxt2gULzr3RHwf4WIf6DusPp';
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const fn of cleanups.splice(0).reverse()) await fn();
-});
-
-function work(): string {
-  const { dir, cleanup } = makeTempDir('mgda-operator-');
-  cleanups.push(cleanup);
-  return dir;
-}
+const t = useTeardown();
 
 function mode(path: string): number {
   return statSync(path).mode & 0o777;
 }
 
-async function channel(stack: DevStack, name: string): Promise<string> {
-  const res = await fetch(`${stack.bootstrapUrl}/dev/channels`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', authorization: `Bearer ${stack.userToken}` },
-    body: JSON.stringify({ domain_id: stack.domainId, name }),
-  });
-  return ((await res.json()) as { id: string }).id;
-}
-
 describe('provision and encrypt-key', () => {
   it('provision → credential files (0600) → the real agent bootstraps with them (secure mode) → encrypt-key token works with curl', async () => {
-    const stack = await startDevStack({ encryptKey: ENCRYPT_KEY });
-    cleanups.push(() => stack.close());
-    const dir = work();
+    const stack = await startStack(t);
+    const dir = tempWorkDir(t, 'mgda-operator-');
     const tokenFile = join(dir, 'user-token');
     writeFileSync(tokenFile, `${stack.userToken}\n`, { mode: 0o600 });
     const encryptKeyFile = join(dir, 'server-encrypt-key');
-    writeFileSync(encryptKeyFile, ENCRYPT_KEY, { mode: 0o600 });
+    writeFileSync(encryptKeyFile, K32_ENCRYPT_KEY, { mode: 0o600 });
     const contentFile = join(dir, 'content.json');
     writeFileSync(contentFile, defaultContent(stack));
-    const commands = await channel(stack, 'commands');
-    const telemetry = await channel(stack, 'telemetry');
-    const externalId = `line-${randomBytes(4).toString('hex')}`;
+    const commands = await createDevChannel(stack, 'commands');
+    const telemetry = await createDevChannel(stack, 'telemetry');
+    const externalId = randomExternalId('line');
     const out = join(dir, 'out', externalId);
 
     const provisioned = await runCli([
@@ -84,10 +61,10 @@ describe('provision and encrypt-key', () => {
     expect(config?.state).toBe(1);
     expect([...(config?.channels ?? [])].sort()).toEqual([commands, telemetry].sort());
     expect(mode(join(out, 'external_key'))).toBe(0o600);
-    expect(readFileSync(join(out, 'encrypt_key'), 'utf8')).toBe(ENCRYPT_KEY);
+    expect(readFileSync(join(out, 'encrypt_key'), 'utf8')).toBe(K32_ENCRYPT_KEY);
     expect(mode(join(out, 'encrypt_key'))).toBe(0o600);
     expect(mode(out)).toBe(0o700);
-    for (const secret of [externalKey, stack.userToken, ENCRYPT_KEY]) expect(provisioned.stdout + provisioned.stderr).not.toContain(secret);
+    expectNoSecretsIn(provisioned.stdout + provisioned.stderr, [externalKey, stack.userToken, K32_ENCRYPT_KEY]);
 
     // The device, with nothing but those files and the URL, comes online on both channels.
     const agentConfig = join(dir, 'agent.json');
@@ -100,11 +77,8 @@ describe('provision and encrypt-key', () => {
         retry: { initialDelayMs: 200 },
       }),
     );
-    const agent = new AgentProcess({ args: ['run', '--config', agentConfig], env: cleanAgentEnv() });
-    cleanups.push(async () => {
-      await agent.stop(2_000);
-    });
-    await agent.waitFor((l) => String(l.msg).startsWith('online: subscribed to 2 of 2'), 20_000, 'online');
+    const agent = runAgentProcess(t, ['run', '--config', agentConfig]);
+    await agent.waitFor(onlineWith(2), 20_000, 'online');
     expect(stack.bootstrap.requests.filter((r) => r.endpoint === 'secure').map((r) => r.status)).toEqual([200]);
     expect((await agent.stop()).code).toBe(0);
 
@@ -125,16 +99,14 @@ describe('provision and encrypt-key', () => {
     expect(curlParts?.[2]).toBe(`${stack.bootstrapUrl}/clients/bootstrap/secure/${externalId}`);
     const res = await fetch(curlParts?.[2] as string, { headers: { authorization: (curlParts?.[1] as string).slice('Authorization: '.length) } });
     expect(res.status).toBe(200);
-    const body = JSON.parse(decryptCfb(Buffer.from(ENCRYPT_KEY), Buffer.from(await res.arrayBuffer())).toString('utf8'));
+    const body = JSON.parse(decryptCfb(Buffer.from(K32_ENCRYPT_KEY), Buffer.from(await res.arrayBuffer())).toString('utf8'));
     expect(body.client_id).toBe(config?.clientId);
-    expect(printed.stdout).not.toContain(externalKey);
-    expect(printed.stdout).not.toContain(ENCRYPT_KEY);
+    expectNoSecretsIn(printed.stdout, [externalKey, K32_ENCRYPT_KEY]);
   });
 
   it('refuses a token on the command line, a wrong token (no key file left behind) and overwriting a key file', async () => {
-    const stack = await startDevStack({ encryptKey: ENCRYPT_KEY });
-    cleanups.push(() => stack.close());
-    const dir = work();
+    const stack = await startStack(t);
+    const dir = tempWorkDir(t, 'mgda-operator-');
     const out = join(dir, 'out');
     const base = ['provision', '--bootstrap-url', stack.bootstrapUrl, '--domain', stack.domainId, '--out', out];
 

@@ -1,9 +1,8 @@
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { startBootstrapServer, type BootstrapServer } from '../../agent/devstack/bootstrap-server.js';
 import { startBroker, type BrokerEvents, type DevBroker } from '../../agent/devstack/broker.js';
 import { createRegistry, type ClientRecord, type Registry } from '../../agent/devstack/registry.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
-import { makeTestCerts, type TestCerts } from '../helpers/test-certs.js';
+import { usePki, useTeardown } from '../helpers/agent-harness.js';
 import {
   apiRequest,
   connectMqtt,
@@ -17,14 +16,11 @@ const DOMAIN = 'dom-1';
 const TOKEN = 'user-token';
 const SUBACK_FAILURE = 128;
 
-const closers: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const close of closers.splice(0).reverse()) await close();
-});
+const t = useTeardown();
 
 async function broker(registry: Registry, extra: Partial<Parameters<typeof startBroker>[0]> = {}): Promise<DevBroker> {
   const b = await startBroker({ registry, ...extra });
-  closers.push(() => b.close());
+  t.add(() => b.close());
   return b;
 }
 
@@ -87,7 +83,7 @@ describe('dev broker: authorisation follows the bootstrap state', () => {
     const registry = createRegistry();
     const b = await broker(registry);
     const server: BootstrapServer = await startBootstrapServer({ registry, encryptKey: 'MG_BS_KEY_16byte', responseFamily: 'v0.20', userToken: TOKEN });
-    closers.push(() => server.close());
+    t.add(() => server.close());
     const created = await apiRequest(server.url, 'POST', `/${DOMAIN}/clients/configs`, TOKEN, { external_id: 'gw', external_key: 'k', channels: ['commands'] });
     const clientId = String(created.headers['location']).split('/').pop()!;
     const view = JSON.parse((await apiRequest(server.url, 'GET', `/${DOMAIN}/clients/configs/${clientId}`, TOKEN)).body.toString()) as { client_secret: string };
@@ -185,15 +181,7 @@ describe('dev broker: authorisation follows the bootstrap state', () => {
 });
 
 describe('dev broker: TLS and shutdown', () => {
-  let certs: TestCerts;
-  beforeAll(() => {
-    const { dir, cleanup } = makeTempDir('mgda-devstack-tls-');
-    try {
-      certs = makeTestCerts(dir);
-    } finally {
-      cleanup();
-    }
-  });
+  const certs = usePki('mgda-devstack-tls-');
 
   it('serves MQTT over TLS with the given certificate', async () => {
     const registry = createRegistry();

@@ -1,9 +1,10 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { decryptCfb, secureToken } from '../../agent/bootstrap/crypto.js';
 import { startBootstrapServer, type BootstrapServer, type BootstrapServerOptions } from '../../agent/devstack/bootstrap-server.js';
 import { faultNext } from '../../agent/devstack/faults.js';
 import { createRegistry, type Registry } from '../../agent/devstack/registry.js';
-import { keyByName, loadVectors, type ResponseVector } from '../helpers/vectors.js';
+import { useTeardown } from '../helpers/agent-harness.js';
+import { keyByName, loadVectors, responseVectorById, type ResponseVector } from '../helpers/vectors.js';
 import { rawRequest } from './devstack-helpers.js';
 
 const vectors = loadVectors();
@@ -13,22 +14,15 @@ const DOMAIN = 'e9692c28-b730-4797-8a15-2e25c08f9641';
 const EXTERNAL_ID = 'rpi-warehouse-1-temp-001';
 const EXTERNAL_KEY = 'rpi-temp-001-bootstrap-key';
 
-const servers: BootstrapServer[] = [];
-afterEach(async () => {
-  await Promise.all(servers.splice(0).map((s) => s.close()));
-});
+const t = useTeardown();
 
 async function start(registry: Registry, overrides: Partial<BootstrapServerOptions> = {}): Promise<BootstrapServer> {
   const server = await startBootstrapServer({ registry, encryptKey: K32, responseFamily: 'v0.20', userToken: 'token', ...overrides });
-  servers.push(server);
+  t.add(() => server.close());
   return server;
 }
 
-function responseVector(id: string): ResponseVector {
-  const v = vectors.response_vectors.find((r) => r.id === id);
-  if (!v) throw new Error(`no vector ${id}`);
-  return v;
-}
+const responseVector = (id: string): ResponseVector => responseVectorById(vectors, id);
 
 /** A registry holding exactly what produced an upstream v0.20 vector (values read from the vector body). */
 function registryForV020(vector: ResponseVector): Registry {

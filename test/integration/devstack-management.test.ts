@@ -1,24 +1,21 @@
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { startBootstrapServer, type BootstrapServer } from '../../agent/devstack/bootstrap-server.js';
 import { createRegistry, type Registry } from '../../agent/devstack/registry.js';
 import { isAgentError } from '../../agent/errors/agent-error.js';
+import { K32_ENCRYPT_KEY, useTeardown } from '../helpers/agent-harness.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
 import { apiRequest, rawRequest } from './devstack-helpers.js';
 
 const TOKEN = 'dev-user-token';
 const DOMAIN = 'dom-1';
-const KEY = 'v7aT0HGxJxt2gULzr3RHwf4WIf6DusPp';
 
-const servers: BootstrapServer[] = [];
-afterEach(async () => {
-  await Promise.all(servers.splice(0).map((s) => s.close()));
-});
+const t = useTeardown();
 
 async function start(registry: Registry = createRegistry()): Promise<BootstrapServer> {
-  const server = await startBootstrapServer({ registry, encryptKey: KEY, responseFamily: 'v0.20', userToken: TOKEN });
-  servers.push(server);
+  const server = await startBootstrapServer({ registry, encryptKey: K32_ENCRYPT_KEY, responseFamily: 'v0.20', userToken: TOKEN });
+  t.add(() => server.close());
   return server;
 }
 

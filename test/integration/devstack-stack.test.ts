@@ -4,6 +4,7 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { secureToken, decryptCfb } from '../../agent/bootstrap/crypto.js';
 import { runDevStackCommand, EX_CONFIG, EX_USAGE } from '../../agent/devstack/main.js';
 import { startDevStack } from '../../agent/devstack/stack.js';
+import { K32_ENCRYPT_KEY } from '../helpers/agent-harness.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
 import {
   activeResourceCounts,
@@ -15,7 +16,6 @@ import {
   subscribe,
 } from './devstack-helpers.js';
 
-const KEY = 'v7aT0HGxJxt2gULzr3RHwf4WIf6DusPp';
 const HANDLE_KINDS = ['TCPServerWrap', 'TCPSocketWrap', 'Timeout'] as const;
 
 /** Handle kinds of which more are open now than at the baseline. */
@@ -26,7 +26,7 @@ function aboveBaseline(now: Record<string, number>, baseline: Record<string, num
 describe('dev stack', () => {
   it('runs the whole device flow (v0.30 content → MQTT) and closes without leaving a handle open', async () => {
     const baseline = await settleResources(activeResourceCounts(), HANDLE_KINDS);
-    const stack = await startDevStack({ encryptKey: KEY, responseFamily: 'v0.30' });
+    const stack = await startDevStack({ encryptKey: K32_ENCRYPT_KEY, responseFamily: 'v0.30' });
     const { domainId, userToken } = stack;
 
     const created = await apiRequest(stack.bootstrapUrl, 'POST', `/${domainId}/clients/configs`, userToken, {
@@ -38,10 +38,10 @@ describe('dev stack', () => {
     const clientId = String(created.headers['location']).split('/').pop()!;
     expect((await apiRequest(stack.bootstrapUrl, 'PUT', `/${domainId}/clients/state/${clientId}`, userToken, { state: 1 })).status).toBe(200);
 
-    const token = secureToken(Buffer.from(KEY), 'device-key');
+    const token = secureToken(Buffer.from(K32_ENCRYPT_KEY), 'device-key');
     const res = await rawRequest(stack.bootstrapUrl, '/clients/bootstrap/secure/aa:bb:cc:00:00:01', { headers: { Authorization: `Client ${token}` } });
     expect(res.status).toBe(200);
-    const answer = JSON.parse(decryptCfb(Buffer.from(KEY), res.body).toString('utf8')) as { content: string };
+    const answer = JSON.parse(decryptCfb(Buffer.from(K32_ENCRYPT_KEY), res.body).toString('utf8')) as { content: string };
     const content = JSON.parse(answer.content) as {
       domain_id: string;
       mqtt: { url: string; client_id: string; secret: string };
@@ -76,21 +76,21 @@ describe('dev stack', () => {
     const { dir, cleanup } = makeTempDir('mgda-devstack-');
     onTestFinished(cleanup);
     const persistFile = join(dir, 'world.json');
-    const first = await startDevStack({ encryptKey: KEY, persistFile, userToken: 't', domainId: 'dom' });
+    const first = await startDevStack({ encryptKey: K32_ENCRYPT_KEY, persistFile, userToken: 't', domainId: 'dom' });
     await apiRequest(first.bootstrapUrl, 'POST', '/dom/clients/configs', 't', { external_id: 'keep', external_key: 'k' });
     await first.close();
 
-    const second = await startDevStack({ encryptKey: KEY, persistFile, userToken: 't', domainId: 'dom' });
+    const second = await startDevStack({ encryptKey: K32_ENCRYPT_KEY, persistFile, userToken: 't', domainId: 'dom' });
     onTestFinished(() => second.close());
     const res = await rawRequest(second.bootstrapUrl, '/clients/bootstrap/keep', { headers: { Authorization: 'Client k' } });
     expect(res.status).toBe(200);
   });
 
   it('closes what it started when the bootstrap port is taken', async () => {
-    const holder = await startDevStack({ encryptKey: KEY });
+    const holder = await startDevStack({ encryptKey: K32_ENCRYPT_KEY });
     onTestFinished(() => holder.close());
     const baseline = await settleResources(activeResourceCounts(), HANDLE_KINDS);
-    await expect(startDevStack({ encryptKey: KEY, bootstrapPort: holder.bootstrap.port })).rejects.toThrow(/could not listen/);
+    await expect(startDevStack({ encryptKey: K32_ENCRYPT_KEY, bootstrapPort: holder.bootstrap.port })).rejects.toThrow(/could not listen/);
     expect(aboveBaseline(await settleResources(baseline, HANDLE_KINDS), baseline)).toEqual({});
   });
 });
@@ -108,7 +108,7 @@ describe('dev-stack command', () => {
     let healthStatus = 0;
     const exit = runDevStackCommand(['--bootstrap-port', '0', '--mqtt-port=0', '--family', 'v0.30', '--domain-id', 'my-domain'], {
       ...io,
-      env: { MG_BOOTSTRAP_ENCRYPT_KEY: KEY },
+      env: { MG_BOOTSTRAP_ENCRYPT_KEY: K32_ENCRYPT_KEY },
       signal: stop.signal,
       onStarted: ({ bootstrapUrl }) => {
         void rawRequest(bootstrapUrl, '/health').then((r) => {
@@ -125,7 +125,7 @@ describe('dev-stack command', () => {
     expect(text).toContain('domain:     my-domain');
     expect(text).toMatch(/user token: \S+/);
     // The key came from the environment: it is not printed.
-    expect(text).not.toContain(KEY);
+    expect(text).not.toContain(K32_ENCRYPT_KEY);
     expect(io.lines.at(-1)).toBe('dev stack stopped');
   });
 
@@ -161,7 +161,7 @@ describe('dev-stack command', () => {
     const before = process.listenerCount('SIGTERM');
     const exit = runDevStackCommand(['--bootstrap-port', '0', '--mqtt-port', '0'], {
       ...io,
-      env: { MG_BOOTSTRAP_ENCRYPT_KEY: KEY },
+      env: { MG_BOOTSTRAP_ENCRYPT_KEY: K32_ENCRYPT_KEY },
       onStarted: () => setImmediate(() => process.kill(process.pid, 'SIGTERM')),
     });
     expect(await exit).toBe(0);
@@ -194,7 +194,7 @@ describe('dev-stack command', () => {
   it('rejects unknown options and bad values with usage (64)', async () => {
     for (const argv of [['--bogus', '1'], ['--family', 'v0.99'], ['--mqtt-port', '70000'], ['--state']]) {
       const io = capture();
-      expect(await runDevStackCommand(argv, { ...io, env: { MG_BOOTSTRAP_ENCRYPT_KEY: KEY } }), argv.join(' ')).toBe(EX_USAGE);
+      expect(await runDevStackCommand(argv, { ...io, env: { MG_BOOTSTRAP_ENCRYPT_KEY: K32_ENCRYPT_KEY } }), argv.join(' ')).toBe(EX_USAGE);
       expect(io.errors[0]).toMatch(/^dev-stack: /);
     }
     const help = capture();

@@ -1,16 +1,15 @@
-import { randomBytes } from 'node:crypto';
 import { readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, describe, expect, it } from 'vitest';
-import { AgentProcess, type LogLine } from '../../agent/devstack/agent-process.js';
+import type { AgentProcess, LogLine } from '../../agent/devstack/agent-process.js';
 import { faultAlways, type Fault } from '../../agent/devstack/faults.js';
-import { cleanAgentEnv, registerDevice, writeDeviceFiles, type RegisteredDevice } from '../../agent/devstack/scenario.js';
-import { startDevStack, type DevStack } from '../../agent/devstack/stack.js';
+import { registerDevice, writeDeviceFiles, type RegisteredDevice } from '../../agent/devstack/scenario.js';
+import type { DevStack } from '../../agent/devstack/stack.js';
 import { backoffCeiling, policyFor } from '../../agent/lifecycle/backoff.js';
 import type { FailureClass } from '../../agent/lifecycle/failure-policy.js';
+import { createTeardown, onlineWith, randomExternalId, runAgentProcess, startStack, tempWorkDir, waitForLineFrom } from '../helpers/agent-harness.js';
 import { FaultProxy } from '../helpers/fault-proxy.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
 
 /*
  * The fault matrix: the real built agent against the dev stack, with TCP proxies in front of the
@@ -73,21 +72,19 @@ interface World {
 
 /** A dev stack, proxies in front of both servers, a registered and connected device, and the agent (not yet started). */
 async function world(): Promise<Omit<World, 'agent'> & { start(): AgentProcess }> {
-  const cleanups: (() => Promise<void> | void)[] = [];
-  const stack = await startDevStack({ encryptKey: 'v7aT0HGxJxt2gULzr3RHwf4WIf6DusPp' });
-  cleanups.push(() => stack.close());
+  // One teardown per world: the tests run concurrently, so each scenario cleans up after itself.
+  const t = createTeardown();
+  const stack = await startStack(t);
   const bootstrapProxy = await FaultProxy.start({ host: '127.0.0.1', port: stack.bootstrap.port });
   const brokerProxy = await FaultProxy.start({ host: '127.0.0.1', port: stack.broker.port });
-  cleanups.push(() => bootstrapProxy.close(), () => brokerProxy.close());
-  const externalId = Array.from(randomBytes(6), (b) => b.toString(16).padStart(2, '0')).join(':');
+  t.add(() => bootstrapProxy.close(), () => brokerProxy.close());
+  const externalId = randomExternalId();
   const device = await registerDevice(stack, {
     externalId,
     enable: true,
     content: JSON.stringify({ agent: { mqtt: { url: `mqtt://127.0.0.1:${brokerProxy.port}` } }, domain_id: stack.domainId }),
   });
-  const temp = makeTempDir('mgda-faults-');
-  cleanups.push(temp.cleanup);
-  const files = writeDeviceFiles(temp.dir, {
+  const files = writeDeviceFiles(tempWorkDir(t, 'mgda-faults-'), {
     externalId,
     bootstrapUrl: `http://127.0.0.1:${bootstrapProxy.port}`,
     externalKey: device.externalKey,
@@ -104,20 +101,12 @@ async function world(): Promise<Omit<World, 'agent'> & { start(): AgentProcess }
     bootstrapProxy,
     brokerProxy,
     stateDir: files.stateDir,
-    start() {
-      const agent = new AgentProcess({ args: ['run', '--config', files.configFile], env: cleanAgentEnv() });
-      cleanups.push(async () => {
-        await agent.stop(2_000);
-      });
-      return agent;
-    },
-    async cleanup() {
-      for (const fn of cleanups.splice(0).reverse()) await fn();
-    },
+    start: () => runAgentProcess(t, ['run', '--config', files.configFile]),
+    cleanup: () => t.run(),
   };
 }
 
-const isOnline = (l: LogLine) => String(l.msg).startsWith('online: subscribed to 2 of 2');
+const isOnline = onlineWith(2);
 const isFailure = (l: LogLine) => l.level === 'warn' && typeof l['retryInMs'] === 'number' && typeof l['failureClass'] === 'string';
 const isLost = (l: LogLine) => String(l.msg).startsWith('connection to the broker lost');
 
@@ -125,12 +114,22 @@ function linesFrom(agent: AgentProcess, from: number): LogLine[] {
   return agent.lines.slice(from);
 }
 
-function waitAfter(agent: AgentProcess, from: number, predicate: (l: LogLine) => boolean, timeoutMs: number, what: string): Promise<LogLine> {
-  return agent.waitFor((l) => agent.lines.indexOf(l) >= from && predicate(l), timeoutMs, what);
-}
-
 function deviceRequests(stack: DevStack): number {
   return stack.bootstrap.requests.filter((r) => r.endpoint === 'plain').length;
+}
+
+/** A row of the matrix printed at the end: what the fault cost, and the bound its recovery is held to. */
+function record(r: { fault: string; faultMs: number; bootstrapRequests: number; failures: LogLine[]; recoveringSince: number; extraBoundMs?: number }): Row {
+  const row: Row = {
+    fault: r.fault,
+    faultMs: r.faultMs,
+    bootstrapRequests: r.bootstrapRequests,
+    agentAttempts: r.failures.length,
+    recoveredMs: Date.now() - r.recoveringSince,
+    boundMs: oneStepBound(r.failures) + (r.extraBoundMs ?? 0),
+  };
+  rows.push(row);
+  return row;
 }
 
 /** One backoff step from where the agent was when the fault cleared: its next window, an attempt, slack. */
@@ -160,15 +159,7 @@ async function firstBootFault(
     await clear(w);
     const cleared = Date.now();
     await agent.waitFor(isOnline, 20_000, `online after "${name}" cleared`);
-    const row: Row = {
-      fault: name,
-      faultMs,
-      bootstrapRequests,
-      agentAttempts: failures.length,
-      recoveredMs: Date.now() - cleared,
-      boundMs: oneStepBound(failures),
-    };
-    rows.push(row);
+    const row = record({ fault: name, faultMs, bootstrapRequests, failures, recoveringSince: cleared });
     expect(failures.length, 'the agent kept trying').toBeGreaterThanOrEqual(1);
     expect(failures.length, 'attempts bounded by the backoff').toBeLessThanOrEqual(maxAttempts);
     expect(row.recoveredMs, 'online within one backoff step after the fault cleared').toBeLessThanOrEqual(row.boundMs);
@@ -206,17 +197,9 @@ async function runningFault(
     // Online already if the last thing that happened was a successful connection.
     const events = linesFrom(agent, from).filter((l) => isOnline(l) || isFailure(l) || isLost(l));
     if (events.length === 0 || !isOnline(events.at(-1) as LogLine)) {
-      await waitAfter(agent, clearIndex, isOnline, 30_000, `online after "${name}" cleared`);
+      await waitForLineFrom(agent, clearIndex, isOnline, `online after "${name}" cleared`, 30_000);
     }
-    const row: Row = {
-      fault: name,
-      faultMs,
-      bootstrapRequests,
-      agentAttempts: failures.length,
-      recoveredMs: Date.now() - cleared,
-      boundMs: oneStepBound(failures),
-    };
-    rows.push(row);
+    const row = record({ fault: name, faultMs, bootstrapRequests, failures, recoveringSince: cleared });
     expect(bootstrapRequests, 'a network or broker fault never makes the agent re-bootstrap').toBe(0);
     expect(failures.length, 'attempts bounded by the backoff').toBeLessThanOrEqual(maxAttempts);
     expect(row.recoveredMs, 'online within one backoff step after the fault cleared').toBeLessThanOrEqual(row.boundMs);
@@ -338,17 +321,16 @@ describe.concurrent('fault matrix: the real agent recovers within one backoff st
       const kicked = await fetch(`${w.stack.bootstrapUrl}/dev/clients/${w.device.clientId}/kick`, { method: 'POST' });
       expect(((await kicked.json()) as { sessions_closed: number }).sessions_closed).toBe(1);
       const started = Date.now();
-      await waitAfter(agent, from, isOnline, 20_000, 'online with the rotated secret');
+      await waitForLineFrom(agent, from, isOnline, 'online with the rotated secret', 20_000);
       const during = linesFrom(agent, from);
-      const row: Row = {
+      const row = record({
         fault: 'credentials rotated on the server',
         faultMs: 0,
         bootstrapRequests: deviceRequests(w.stack) - requestsBefore,
-        agentAttempts: during.filter(isFailure).length,
-        recoveredMs: Date.now() - started,
-        boundMs: oneStepBound(during.filter(isFailure)) + ATTEMPT_DEADLINE_MS, // plus the re-bootstrap itself
-      };
-      rows.push(row);
+        failures: during.filter(isFailure),
+        recoveringSince: started,
+        extraBoundMs: ATTEMPT_DEADLINE_MS, // plus the re-bootstrap itself
+      });
       expect(during.some((l) => l['code'] === 'MQTT_AUTH_REFUSED')).toBe(true);
       expect(row.bootstrapRequests).toBe(1);
       expect(row.recoveredMs).toBeLessThanOrEqual(row.boundMs);

@@ -3,8 +3,8 @@ import type { SpawnSyncReturns } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { describe, expect, it } from 'vitest';
+import { tempWorkDir, useTeardown } from '../helpers/agent-harness.js';
 
 /**
  * scripts/install.sh against a staging root (--root), the way an image builder uses it: real files,
@@ -26,20 +26,11 @@ if (!runnable && !onCi) {
   );
 }
 
-const cleanups: Array<() => void> = [];
-afterEach(() => {
-  while (cleanups.length > 0) cleanups.pop()?.();
-});
-
-function tempDir(prefix: string): string {
-  const temp = makeTempDir(prefix);
-  cleanups.push(temp.cleanup);
-  return temp.dir;
-}
+const t = useTeardown();
 
 /** A release tree as scripts/build-release.sh lays it out, with a stand-in program. */
 function fakeRelease(): string {
-  const dir = join(tempDir('mgda-release-'), 'mg-device-agent-0.1.0');
+  const dir = join(tempWorkDir(t, 'mgda-release-'), 'mg-device-agent-0.1.0');
   mkdirSync(join(dir, 'dist/cli'), { recursive: true });
   mkdirSync(join(dir, 'dist/devstack'), { recursive: true });
   mkdirSync(join(dir, 'node_modules/zod'), { recursive: true });
@@ -112,7 +103,7 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
 
   it('installs every path with the right owner and mode, and a second run changes nothing', () => {
     const release = fakeRelease();
-    const root = tempDir('mgda-root-');
+    const root = tempWorkDir(t, 'mgda-root-');
 
     const output = runOk(['--root', root, '--source', release, '--node', process.execPath]);
     expect(output).toContain('mg-device-agent.service is enabled');
@@ -165,11 +156,11 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
 
   it('installs the same from a release tarball', () => {
     const release = fakeRelease();
-    const tarball = join(tempDir('mgda-tar-'), 'mg-device-agent-0.1.0.tar.gz');
+    const tarball = join(tempWorkDir(t, 'mgda-tar-'), 'mg-device-agent-0.1.0.tar.gz');
     const packed = spawnSync('tar', ['-czf', tarball, '-C', join(release, '..'), 'mg-device-agent-0.1.0']);
     expect(packed.status).toBe(0);
-    const fromTree = tempDir('mgda-root-');
-    const fromTarball = tempDir('mgda-root-');
+    const fromTree = tempWorkDir(t, 'mgda-root-');
+    const fromTarball = tempWorkDir(t, 'mgda-root-');
 
     runOk(['--root', fromTree, '--source', release]);
     runOk(['--root', fromTarball, '--source', tarball]);
@@ -183,7 +174,7 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
   });
 
   it('installs from a built source checkout with production dependencies only', () => {
-    const checkout = tempDir('mgda-checkout-');
+    const checkout = tempWorkDir(t, 'mgda-checkout-');
     for (const file of ['package.json', 'package-lock.json']) cpSync(join(REPO, file), join(checkout, file));
     for (const dir of ['systemd', 'scripts']) cpSync(join(REPO, dir), join(checkout, dir), { recursive: true });
     mkdirSync(join(checkout, 'dist/cli'), { recursive: true });
@@ -193,7 +184,7 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
     // The checkout's own node_modules holds dev tools; they must not reach the device.
     mkdirSync(join(checkout, 'node_modules/vitest'), { recursive: true });
     writeFileSync(join(checkout, 'node_modules/vitest/package.json'), '{"name":"vitest","version":"0.0.0"}\n');
-    const root = tempDir('mgda-root-');
+    const root = tempWorkDir(t, 'mgda-root-');
 
     // Offline: the npm cache that installed this checkout has every locked package.
     const result = spawnSync('bash', [join(checkout, 'scripts/install.sh'), '--root', root], {
@@ -215,7 +206,7 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
 
   it('leaves the operator\'s configuration and credentials alone on reinstall and uninstall; purge removes them', () => {
     const release = fakeRelease();
-    const root = tempDir('mgda-root-');
+    const root = tempWorkDir(t, 'mgda-root-');
     runOk(['--root', root, '--source', release]);
 
     const externalKey = join(root, 'etc/mg-device-agent/credentials/external_key');
@@ -249,7 +240,7 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
 
   it('never replaces an encryption key put straight into the credential store; purge removes it', () => {
     const release = fakeRelease();
-    const root = tempDir('mgda-root-');
+    const root = tempWorkDir(t, 'mgda-root-');
     const storeKey = join(root, 'etc/credstore/mg-device-agent.encrypt_key');
     mkdirSync(join(root, 'etc/credstore'), { recursive: true, mode: 0o700 });
     writeFileSync(storeKey, 'sixteen byte key\n', { mode: 0o600 });
@@ -267,7 +258,7 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
 
   it('refuses a Node.js older than 20.19 with a clear message, before touching anything', () => {
     const release = fakeRelease();
-    const bin = tempDir('mgda-node-');
+    const bin = tempWorkDir(t, 'mgda-node-');
     const fakeNode = (version: string): string => {
       const path = join(bin, `node-${version}`);
       writeFileSync(path, `#!/bin/sh\necho v${version}\n`);
@@ -276,7 +267,7 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
     };
 
     for (const old of ['18.19.0', '20.18.3']) {
-      const root = tempDir('mgda-root-');
+      const root = tempWorkDir(t, 'mgda-root-');
       const result = run(['--root', root, '--source', release, '--node', fakeNode(old)]);
       expect(result.status).not.toBe(0);
       expect(result.stderr).toContain(`Node.js v${old} is too old`);
@@ -284,7 +275,7 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
       expect(readdirSync(root)).toEqual([]);
     }
     for (const recent of ['20.19.0', '22.3.1']) {
-      const root = tempDir('mgda-root-');
+      const root = tempWorkDir(t, 'mgda-root-');
       runOk(['--root', root, '--source', release, '--node', fakeNode(recent)]);
       expect(existsSync(join(root, 'opt/mg-device-agent/dist/cli/main.js'))).toBe(true);
     }
@@ -300,7 +291,7 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
     expect(unknown.status).not.toBe(0);
     expect(unknown.stderr).toContain('unknown option: --frobnicate');
 
-    const root = tempDir('mgda-root-');
+    const root = tempWorkDir(t, 'mgda-root-');
     const now = run(['--root', root, '--now', '--source', fakeRelease()]);
     expect(now.status).not.toBe(0);
     expect(now.stderr).toContain('nothing is started in a staging root');

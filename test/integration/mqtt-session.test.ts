@@ -1,15 +1,15 @@
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { AgentError } from '../../agent/errors/agent-error.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { AgentError } from '../../agent/errors/agent-error.js';
 import { createLogger } from '../../agent/logging/logger.js';
 import { MqttSession, DEFAULT_SESSION_EXPIRY_SECONDS, type MqttMessage, type MqttSessionOptions } from '../../agent/mqtt/session.js';
 import { onlineStatus, statusWill } from '../../agent/mqtt/status.js';
 import { channelFilter, channelTopic } from '../../agent/mqtt/topics.js';
+import { createTeardown, usePki } from '../helpers/agent-harness.js';
 import { connectObserver, readRetained, startAedesBroker, type TestBroker, type TestBrokerOptions } from '../helpers/aedes-broker.js';
 import { startFakeBroker, type FakeBroker, type FakeBrokerScript } from '../helpers/fake-mqtt-broker.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
-import { makeTestCerts, type TestCerts } from '../helpers/test-certs.js';
+import { rejectedAgentError } from '../helpers/agent-errors.js';
 
 const USER = 'c0ffee00-1111-4222-8333-444455556666';
 const PASSWORD = 'S3cr3t-Pa55-never-logged';
@@ -21,12 +21,12 @@ const FORBIDDEN_CHANNEL = 'ch-not-connected';
 const STATUS_TOPIC = channelTopic('domain', DOMAIN, CHANNEL, 'status');
 const USERS = { [USER]: PASSWORD, [OTHER_USER]: OTHER_PASSWORD };
 
-const cleanups: (() => Promise<unknown> | unknown)[] = [];
+const t = createTeardown();
 let logLines: string[] = [];
 const secrets: string[] = [PASSWORD];
 
 afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  await t.run();
   // Whatever the test did, no log line may carry a secret.
   const text = logLines.join('');
   for (const secret of secrets) expect(text).not.toContain(secret);
@@ -43,13 +43,13 @@ function logRecords(): Record<string, unknown>[] {
 
 async function broker(options: TestBrokerOptions = {}): Promise<TestBroker> {
   const b = await startAedesBroker({ users: USERS, ...options });
-  cleanups.push(() => b.close());
+  t.add(() => b.close());
   return b;
 }
 
 async function fakeBroker(script: FakeBrokerScript): Promise<FakeBroker> {
   const b = await startFakeBroker(script);
-  cleanups.push(() => b.close());
+  t.add(() => b.close());
   return b;
 }
 
@@ -66,24 +66,14 @@ function session(url: string, overrides: Partial<MqttSessionOptions> = {}): Mqtt
     logger: logger(),
     ...overrides,
   });
-  cleanups.push(() => s.stop({ timeoutMs: 1_000 }));
+  t.add(() => s.stop({ timeoutMs: 1_000 }));
   return s;
 }
 
 async function observer(b: TestBroker): Promise<Awaited<ReturnType<typeof connectObserver>>> {
   const o = await connectObserver(b.url, { username: OTHER_USER, password: OTHER_PASSWORD });
-  cleanups.push(() => o.closeNow());
+  t.add(() => o.closeNow());
   return o;
-}
-
-async function rejection(promise: Promise<unknown>): Promise<AgentError> {
-  try {
-    await promise;
-  } catch (err) {
-    if (err instanceof AgentError) return err;
-    throw err;
-  }
-  throw new Error('expected a rejection');
 }
 
 function nextMessage(s: MqttSession, topic: string): Promise<MqttMessage> {
@@ -121,7 +111,7 @@ describe('connect (aedes, MQTT 3.1.1)', () => {
     const b = await broker();
     const s = session(b.url, { password: 'wrong-password' });
     secrets.push('wrong-password');
-    const error = await rejection(s.connect());
+    const error = await rejectedAgentError(s.connect());
     expect(error.code).toBe('MQTT_AUTH_REFUSED');
     expect(error.details['returnCode']).toBe(4);
     expect(s.state).toBe('idle');
@@ -130,7 +120,7 @@ describe('connect (aedes, MQTT 3.1.1)', () => {
 
   it('nothing listening → MQTT_NETWORK', async () => {
     const s = session(`mqtt://127.0.0.1:${await closedPort()}`);
-    const error = await rejection(s.connect());
+    const error = await rejectedAgentError(s.connect());
     expect(error.code).toBe('MQTT_NETWORK');
     expect(error.details['errorCode']).toBe('ECONNREFUSED');
   });
@@ -139,7 +129,7 @@ describe('connect (aedes, MQTT 3.1.1)', () => {
     const silent = await fakeBroker({ connackCode: undefined });
     const s = session(silent.url, { connectTimeoutMs: 400 });
     const started = Date.now();
-    const error = await rejection(s.connect());
+    const error = await rejectedAgentError(s.connect());
     expect(error.code).toBe('MQTT_TIMEOUT');
     expect(error.details['timeoutMs']).toBe(400);
     expect(Date.now() - started).toBeGreaterThanOrEqual(350);
@@ -151,9 +141,9 @@ describe('connect (aedes, MQTT 3.1.1)', () => {
   it('a server that closes before CONNACK → MQTT_NETWORK', async () => {
     const server = createServer((socket: Socket) => socket.destroy());
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    cleanups.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    t.add(() => new Promise<void>((resolve) => server.close(() => resolve())));
     const s = session(`mqtt://127.0.0.1:${(server.address() as AddressInfo).port}`);
-    const error = await rejection(s.connect());
+    const error = await rejectedAgentError(s.connect());
     expect(error.code).toBe('MQTT_NETWORK');
   });
 
@@ -172,7 +162,7 @@ describe('connect (aedes, MQTT 3.1.1)', () => {
     const authenticate = b.aedes.authenticate;
     b.aedes.authenticate = (_client, _username, _password, done) =>
       done(Object.assign(new Error('not authorized'), { returnCode: 5 as const }), null);
-    expect((await rejection(s.connect())).details['returnCode']).toBe(5);
+    expect((await rejectedAgentError(s.connect())).details['returnCode']).toBe(5);
     b.aedes.authenticate = authenticate;
     await s.connect();
     expect(s.connected).toBe(true);
@@ -252,8 +242,8 @@ describe('subscribe, messages, publish', () => {
   it('publish/subscribe before connect reject with MQTT_NETWORK instead of queueing', async () => {
     const b = await broker();
     const s = session(b.url);
-    expect((await rejection(s.publish(STATUS_TOPIC, 'x', { qos: 1, retain: false }))).code).toBe('MQTT_NETWORK');
-    expect((await rejection(s.subscribe([granted], 1))).code).toBe('MQTT_NETWORK');
+    expect((await rejectedAgentError(s.publish(STATUS_TOPIC, 'x', { qos: 1, retain: false }))).code).toBe('MQTT_NETWORK');
+    expect((await rejectedAgentError(s.subscribe([granted], 1))).code).toBe('MQTT_NETWORK');
     expect(await s.subscribe([], 1)).toEqual([]);
   });
 });
@@ -297,7 +287,7 @@ describe('status, Will and stop', () => {
     expect(lost).toHaveLength(1);
     expect(lost[0]?.code).toBe('MQTT_NETWORK');
     expect(s.state).toBe('idle');
-    expect((await rejection(s.publish(STATUS_TOPIC, 'x', { qos: 1, retain: false }))).code).toBe('MQTT_NETWORK');
+    expect((await rejectedAgentError(s.publish(STATUS_TOPIC, 'x', { qos: 1, retain: false }))).code).toBe('MQTT_NETWORK');
     await s.stop({ timeoutMs: 500 }); // safe after a loss
     expect(lost).toHaveLength(1);
     expect(logRecords().filter((r) => String(r['msg']).startsWith('MQTT connection lost'))).toHaveLength(1);
@@ -308,14 +298,14 @@ describe('status, Will and stop', () => {
     const s = session(b.url);
     await Promise.all([s.stop({ timeoutMs: 100 }), s.stop({ timeoutMs: 100 })]);
     expect(s.state).toBe('stopped');
-    expect((await rejection(s.connect())).code).toBe('INTERNAL');
+    expect((await rejectedAgentError(s.connect())).code).toBe('INTERNAL');
     expect(b.published).toEqual([]);
   });
 
   it('stop() during connect abandons the attempt and closes the socket', async () => {
     const silent = await fakeBroker({ connackCode: undefined });
     const s = session(silent.url, { connectTimeoutMs: 10_000 });
-    const connecting = rejection(s.connect());
+    const connecting = rejectedAgentError(s.connect());
     await new Promise<void>((resolve) => {
       const poll = (): void => (silent.connects.length > 0 ? resolve() : void setTimeout(poll, 10));
       poll();
@@ -360,15 +350,7 @@ describe('persistent session', () => {
 });
 
 describe('TLS (aedes over tls.createServer, openssl-made certificates)', () => {
-  let certs: TestCerts;
-  let cleanupDir: () => void;
-
-  beforeAll(() => {
-    const temp = makeTempDir('mgda-mqtt-tls-');
-    cleanupDir = temp.cleanup;
-    certs = makeTestCerts(temp.dir);
-  });
-  afterAll(() => cleanupDir());
+  const certs = usePki('mgda-mqtt-tls-');
 
   const keyMarker = (): string => certs.clientKey.split('\n')[1] ?? 'unreachable';
 
@@ -382,7 +364,7 @@ describe('TLS (aedes over tls.createServer, openssl-made certificates)', () => {
   it('wrong CA → MQTT_TLS', async () => {
     const b = await broker({ tls: { cert: certs.serverCert, key: certs.serverKey } });
     const s = session(b.url, { tls: { ca: certs.otherCaCert, verify: true } });
-    const error = await rejection(s.connect());
+    const error = await rejectedAgentError(s.connect());
     expect(error.code).toBe('MQTT_TLS');
     expect(error.details['errorCode']).toBe('UNABLE_TO_VERIFY_LEAF_SIGNATURE');
   });
@@ -397,7 +379,7 @@ describe('TLS (aedes over tls.createServer, openssl-made certificates)', () => {
   it('expired broker certificate → MQTT_TLS_CLOCK', async () => {
     const b = await broker({ tls: { cert: certs.expiredServerCert, key: certs.serverKey } });
     const s = session(b.url, { tls: { ca: certs.caCert, verify: true } });
-    const error = await rejection(s.connect());
+    const error = await rejectedAgentError(s.connect());
     expect(error.code).toBe('MQTT_TLS_CLOCK');
     expect(error.details['errorCode']).toBe('CERT_HAS_EXPIRED');
   });
@@ -419,7 +401,7 @@ describe('TLS (aedes over tls.createServer, openssl-made certificates)', () => {
       tls: { cert: certs.serverCert, key: certs.serverKey, ca: certs.caCert, requestCert: true, rejectUnauthorized: true },
     });
     const s = session(b.url, { tls: { ca: certs.caCert, verify: true } });
-    const error = await rejection(s.connect());
+    const error = await rejectedAgentError(s.connect());
     expect(error.code).toBe('MQTT_TLS');
   });
 
@@ -478,7 +460,7 @@ describe('MQTT 5 on the wire (scripted broker)', () => {
   ] as const)('CONNACK reason code %s → %s, nothing left open', async (_label, reasonCode, expected) => {
     const fake = await fakeBroker({ connackCode: reasonCode });
     const s = session(fake.url, { protocolVersion: 5 });
-    const error = await rejection(s.connect());
+    const error = await rejectedAgentError(s.connect());
     expect(error.code).toBe(expected);
     expect(error.details['reasonCode']).toBe(reasonCode);
     await fake.allSocketsClosed();
@@ -500,7 +482,7 @@ describe('MQTT 5 on the wire (scripted broker)', () => {
     const fake = await fakeBroker({ connackCode: 0, pubackCode: (topic) => (topic === 'denied' ? 0x87 : 0) });
     const s = session(fake.url, { protocolVersion: 5 });
     await s.connect();
-    const error = await rejection(s.publish('denied', 'x', { qos: 1, retain: false }));
+    const error = await rejectedAgentError(s.publish('denied', 'x', { qos: 1, retain: false }));
     expect(error.code).toBe('MQTT_PUBLISH_REFUSED');
     expect(error.details['reasonCode']).toBe(0x87);
     await s.publish('fine', 'y', { qos: 1, retain: false });

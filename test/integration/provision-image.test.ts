@@ -19,9 +19,9 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { AgentConfigSchema } from '../../agent/config/schema.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { tempWorkDir, useTeardown } from '../helpers/agent-harness.js';
 
 /**
  * scripts/provision-image.sh against a small synthetic Raspberry-Pi-like disk image (MBR, FAT32
@@ -100,16 +100,7 @@ function sha256(path: string): string {
   return createHash('sha256').update(readFileSync(path)).digest('hex');
 }
 
-const cleanups: Array<() => void> = [];
-afterEach(() => {
-  while (cleanups.length > 0) cleanups.pop()?.();
-});
-
-function tempDir(prefix: string): string {
-  const temp = makeTempDir(prefix);
-  cleanups.push(temp.cleanup);
-  return temp.dir;
-}
+const t = useTeardown();
 
 function writePrivate(path: string, content: string | Buffer, mode = 0o600): string {
   writeFileSync(path, content, { mode });
@@ -142,7 +133,7 @@ interface ImageSpec {
 }
 
 function buildPiImage(path: string, spec: ImageSpec = {}): void {
-  const tree = tempDir('mgda-rootfs-tree-');
+  const tree = tempWorkDir(t, 'mgda-rootfs-tree-');
   const mkdir = (relative: string, mode = 0o755) => {
     mkdirSync(join(tree, relative), { recursive: true });
     chmodSync(join(tree, relative), mode);
@@ -167,7 +158,7 @@ function buildPiImage(path: string, spec: ImageSpec = {}): void {
   const [boot, root] = partitions(path);
   if (!boot || !root) throw new Error('sfdisk did not create two partitions');
   sh('mkfs.vfat', ['-F', '32', '-s', '1', '-n', 'bootfs', '--offset', String(boot.start / SECTOR), path, String(boot.size / 1024)]);
-  const bootFiles = tempDir('mgda-bootfs-');
+  const bootFiles = tempWorkDir(t, 'mgda-bootfs-');
   writeFileSync(join(bootFiles, 'cmdline.txt'), 'console=serial0,115200 root=LABEL=rootfs rootwait\n');
   writeFileSync(join(bootFiles, 'config.txt'), '[all]\nenable_uart=1\n');
   sh('mcopy', ['-i', `${path}@@${boot.start}`, join(bootFiles, 'cmdline.txt'), join(bootFiles, 'config.txt'), '::']);
@@ -307,29 +298,27 @@ function tarMember(tarFile: string, name: string): Buffer {
 // ---------------------------------------------------------------------------------------------
 
 describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', () => {
+  const suite = useTeardown('all');
   let suiteDir = '';
-  let suiteCleanup: () => void = () => {};
   let baseImage = '';
   let baseImageHash = '';
   let externalKeyFile = '';
   let encryptKeyFile = '';
 
-  beforeAll(() => {
+  beforeAll(async () => {
     if (missingTools.length > 0) {
       throw new Error(`provision-image tests need ${missingTools.join(', ')} (Debian: fdisk dosfstools mtools e2fsprogs jq)`);
     }
-    ({ dir: suiteDir, cleanup: suiteCleanup } = makeTempDir('mgda-provision-'));
+    suiteDir = tempWorkDir(suite, 'mgda-provision-');
     baseImage = join(suiteDir, 'base.img');
     buildPiImage(baseImage);
     // The file-system trees buildPiImage made are no longer needed.
-    while (cleanups.length > 0) cleanups.pop()?.();
+    await t.run();
     baseImageHash = sha256(baseImage);
     // With a trailing newline, as `echo key > file` writes it: the image must hold the bare key.
     externalKeyFile = writePrivate(join(suiteDir, 'external_key'), `${EXTERNAL_KEY_TEXT}\n`);
     encryptKeyFile = writePrivate(join(suiteDir, 'encrypt_key'), ENCRYPT_KEY_TEXT);
   });
-
-  afterAll(() => suiteCleanup());
 
   it('--help lists every option and exits 0', () => {
     const run = runScript(['--help']);
@@ -343,7 +332,7 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
   });
 
   it('writes config, keys, unit and enable link into a copy of the image, with root-only modes', () => {
-    const dir = tempDir('mgda-single-');
+    const dir = tempWorkDir(t, 'mgda-single-');
     const output = join(dir, 'device.img');
     const run = runScript([
       '--image', baseImage, '--output', output,
@@ -393,7 +382,7 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
   });
 
   it('--in-place keeps the other keys of an existing agent.json, replaces old credentials and tightens their modes', () => {
-    const dir = tempDir('mgda-inplace-');
+    const dir = tempWorkDir(t, 'mgda-inplace-');
     const image = join(dir, 'staged.img');
     buildPiImage(image, {
       rootDirs: { 'etc/mg-device-agent': 0o755, 'etc/mg-device-agent/credentials': 0o755 },
@@ -434,7 +423,7 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
   });
 
   it('finds the root among several ext4 partitions by its /etc, leaving the data partition alone', () => {
-    const dir = tempDir('mgda-threeparts-');
+    const dir = tempWorkDir(t, 'mgda-threeparts-');
     const image = join(dir, 'three.img');
     writeFileSync(image, '');
     truncateSync(image, IMAGE_BYTES);
@@ -445,10 +434,10 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
     const [boot, data, root] = partitions(image);
     if (!boot || !data || !root) throw new Error('sfdisk did not create three partitions');
     sh('mkfs.vfat', ['-F', '32', '-s', '1', '--offset', String(boot.start / SECTOR), image, String(boot.size / 1024)]);
-    const dataTree = tempDir('mgda-datatree-');
+    const dataTree = tempWorkDir(t, 'mgda-datatree-');
     writeFileSync(join(dataTree, 'readings.csv'), 't,v\n');
     sh('mkfs.ext4', ['-q', '-F', '-L', 'data', '-E', `offset=${data.start}`, '-d', dataTree, image, `${data.size / 1024}k`]);
-    const rootTree = tempDir('mgda-roottree-');
+    const rootTree = tempWorkDir(t, 'mgda-roottree-');
     mkdirSync(join(rootTree, 'etc'));
     sh('mkfs.ext4', ['-q', '-F', '-L', 'rootfs', '-E', `offset=${root.start}`, '-d', rootTree, image, `${root.size / 1024}k`]);
     const dataBefore = readRange(image, data.start, data.size);
@@ -460,7 +449,7 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
   });
 
   it('warns when the image has no agent installed, and still writes the credentials', () => {
-    const dir = tempDir('mgda-noagent-');
+    const dir = tempWorkDir(t, 'mgda-noagent-');
     const image = join(dir, 'bare.img');
     buildPiImage(image, { withoutAgent: true });
     const run = runScript(['--image', image, '--in-place', '--bootstrap-url', 'http://bs:9013', '--external-key-file', externalKeyFile]);
@@ -589,7 +578,7 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
     ];
 
     it.each(cases)('$name', ({ args, setup, message }) => {
-      const dir = tempDir('mgda-bad-');
+      const dir = tempWorkDir(t, 'mgda-bad-');
       const prepared = setup?.(dir) ?? {};
       const output = join(dir, 'out.img');
       const substitutions: Record<string, string> = {
@@ -610,7 +599,7 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
 
   describe('--rootfs (a staging root directory)', () => {
     function stagingRoot(): string {
-      const root = tempDir('mgda-staging-');
+      const root = tempWorkDir(t, 'mgda-staging-');
       mkdirSync(join(root, 'etc/systemd/system'), { recursive: true });
       return root;
     }
@@ -639,7 +628,7 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
       expect(readFileSync(join(root, UNIT)).equals(readFileSync(REPO_UNIT))).toBe(true);
       expect(readlinkSync(join(root, UNIT_LINK))).toBe(UNIT);
 
-      const newKey = writePrivate(join(tempDir('mgda-newkey-'), 'key'), 'second-key-SECRET-99');
+      const newKey = writePrivate(join(tempWorkDir(t, 'mgda-newkey-'), 'key'), 'second-key-SECRET-99');
       const second = runScript(args.map((arg) => (arg === externalKeyFile ? newKey : arg)));
       expect(second.status).toBe(0);
       expectNoSecretsIn(second.output, 'second-key-SECRET-99');
@@ -652,7 +641,7 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
 
     it.runIf(isRoot)('refuses to write through a symlinked directory in the staging root', () => {
       const root = stagingRoot();
-      const elsewhere = tempDir('mgda-elsewhere-');
+      const elsewhere = tempWorkDir(t, 'mgda-elsewhere-');
       symlinkSync(elsewhere, join(root, 'etc/mg-device-agent'));
       const run = runScript(['--rootfs', root, '--bootstrap-url', 'http://bs:9013', '--external-key-file', externalKeyFile]);
       expect(run.status).toBe(2);
@@ -684,7 +673,7 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
     }
 
     it('makes one image per device with its own key; "mac" rows get no externalId and a row-numbered name', () => {
-      const dir = tempDir('mgda-batch-');
+      const dir = tempWorkDir(t, 'mgda-batch-');
       const outDir = join(dir, 'out');
       // Saved from a spreadsheet: CRLF line endings.
       const csv = writeCsv(dir, ['external_id,external_key', `dev-a,${deviceKeys['dev-a']}`, `mac,${deviceKeys.mac}`, `dev-c,${deviceKeys['dev-c']}`], 0o600, '\r\n');
@@ -718,7 +707,7 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
     });
 
     it('validates every row before writing: a bad CSV reports each problem by line and writes nothing', () => {
-      const dir = tempDir('mgda-badcsv-');
+      const dir = tempWorkDir(t, 'mgda-badcsv-');
       const outDir = join(dir, 'out');
       const secrets = ['good-key-SECRET-0001', 'dup-id-key-SECRET-0002', 'quoted-SECRET-0003', 'spaced-SECRET-0004', 'shared-SECRET-0005', 'badid-key-SECRET-0006', 'three-SECRET-0007'];
       const csv = writeCsv(dir, [
@@ -753,7 +742,7 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
     });
 
     it('refuses a CSV of keys that group or others can read', () => {
-      const dir = tempDir('mgda-csvmode-');
+      const dir = tempWorkDir(t, 'mgda-csvmode-');
       const outDir = join(dir, 'out');
       const csv = writeCsv(dir, ['external_id,external_key', `dev-a,${deviceKeys['dev-a']}`], 0o644);
       const run = runScript(['--batch', csv, '--image', baseImage, '--out-dir', outDir, '--bootstrap-url', 'http://bs:9013']);
@@ -763,7 +752,7 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
     });
 
     it('does not overwrite earlier output unless --force', () => {
-      const dir = tempDir('mgda-rerun-');
+      const dir = tempWorkDir(t, 'mgda-rerun-');
       const outDir = join(dir, 'out');
       const csv = writeCsv(dir, ['external_id,external_key', `dev-a,${deviceKeys['dev-a']}`]);
       const args = ['--batch', csv, '--image', baseImage, '--out-dir', outDir, '--bootstrap-url', 'http://bs:9013'];
@@ -779,7 +768,7 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
     });
 
     it('--bundles: a shared image without secrets, per-device bundles, and a first-boot import from the boot partition', () => {
-      const dir = tempDir('mgda-bundles-');
+      const dir = tempWorkDir(t, 'mgda-bundles-');
       const outDir = join(dir, 'out');
       const csv = writeCsv(dir, ['external_id,external_key', `dev-a,${deviceKeys['dev-a']}`, `mac,${deviceKeys.mac}`]);
       const run = runScript(['--batch', csv, '--bundles', '--image', baseImage, '--out-dir', outDir, '--bootstrap-url', 'http://bs:9013', '--encrypt-key-file', encryptKeyFile]);
@@ -827,11 +816,11 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
 
       // First boot, simulated: the importer from the card's root file system runs against the boot
       // partition's content and a root directory.
-      const bootDir = tempDir('mgda-boot-');
-      const rootDir = tempDir('mgda-root-');
+      const bootDir = tempWorkDir(t, 'mgda-boot-');
+      const rootDir = tempWorkDir(t, 'mgda-root-');
       mkdirSync(join(rootDir, 'etc'));
       sh('mcopy', ['-i', `${card}@@${partitionOffsets(card).boot}`, `::${BUNDLE_ON_BOOT}`, bootDir]);
-      const importer = join(tempDir('mgda-importer-'), 'mg-device-agent-import-bundle');
+      const importer = join(tempWorkDir(t, 'mgda-importer-'), 'mg-device-agent-import-bundle');
       writeFileSync(importer, ext4Read(card, IMPORTER));
       const firstBoot = spawnSync('bash', [importer, '--root', rootDir, '--boot', bootDir], { encoding: 'utf8' });
       expect(firstBoot.status).toBe(0);
@@ -852,8 +841,8 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
     });
 
     it('--install-bundle refuses an image without the first-boot importer', () => {
-      const dir = tempDir('mgda-noimporter-');
-      const bundleDir = tempDir('mgda-bundle-src-');
+      const dir = tempWorkDir(t, 'mgda-noimporter-');
+      const bundleDir = tempWorkDir(t, 'mgda-bundle-src-');
       writePrivate(join(bundleDir, 'external_key'), deviceKeys['dev-a']);
       writePrivate(join(bundleDir, 'agent.json'), '{}\n');
       const bundle = join(dir, 'b.tar');
@@ -869,9 +858,9 @@ describe.skipIf(missingTools.length > 0 && !onCi)('scripts/provision-image.sh', 
 
   describe('first-boot importer (scripts/mg-device-agent-import-bundle.sh)', () => {
     it('refuses a bundle holding a symlink, leaves the installed key alone and keeps the bundle for inspection', () => {
-      const bootDir = tempDir('mgda-evil-boot-');
-      const rootDir = tempDir('mgda-evil-root-');
-      const source = tempDir('mgda-evil-src-');
+      const bootDir = tempWorkDir(t, 'mgda-evil-boot-');
+      const rootDir = tempWorkDir(t, 'mgda-evil-root-');
+      const source = tempWorkDir(t, 'mgda-evil-src-');
       mkdirSync(join(rootDir, 'etc/mg-device-agent/credentials'), { recursive: true });
       writePrivate(join(rootDir, EXTERNAL_KEY), 'installed-key');
       symlinkSync('/etc/shadow', join(source, 'external_key'));

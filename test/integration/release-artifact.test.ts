@@ -2,8 +2,8 @@ import { spawnSync } from 'node:child_process';
 import type { SpawnSyncReturns } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { tempWorkDir, useTeardown } from '../helpers/agent-harness.js';
 
 /**
  * scripts/build-release.sh for real: compiles, installs production dependencies from the npm cache
@@ -26,15 +26,7 @@ if (!canInstall && !onCi) {
   console.warn('\n!!! SKIPPING the install-from-release test: it needs root and systemd-sysusers. !!!\n');
 }
 
-const cleanups: Array<() => void> = [];
-afterAll(() => {
-  while (cleanups.length > 0) cleanups.pop()?.();
-});
-function tempDir(prefix: string): string {
-  const temp = makeTempDir(prefix);
-  cleanups.push(temp.cleanup);
-  return temp.dir;
-}
+const t = useTeardown('all');
 
 function buildRelease(scriptPath: string, args: string[]): SpawnSyncReturns<string> {
   return spawnSync('bash', [scriptPath, '--offline', ...args], { encoding: 'utf8', timeout: BUILD_TIMEOUT_MS });
@@ -47,7 +39,7 @@ describe('release tarball from scripts/build-release.sh', () => {
   let listing: Array<{ mode: string; owner: string; path: string }> = [];
 
   beforeAll(() => {
-    const out = tempDir('mgda-release-out-');
+    const out = tempWorkDir(t, 'mgda-release-out-');
     const result = buildRelease(BUILD_SH, ['--out', out]);
     buildOutput = `${result.stdout}${result.stderr}`;
     expect(result.status, buildOutput).toBe(0);
@@ -63,7 +55,7 @@ describe('release tarball from scripts/build-release.sh', () => {
         return { mode, owner, path: rest.join(' ').replace(/\/$/, '') };
       });
 
-    unpacked = tempDir('mgda-release-unpacked-');
+    unpacked = tempWorkDir(t, 'mgda-release-unpacked-');
     expect(spawnSync('tar', ['-xzf', tarball, '-C', unpacked]).status).toBe(0);
   }, BUILD_TIMEOUT_MS);
 
@@ -128,7 +120,7 @@ describe('release tarball from scripts/build-release.sh', () => {
 
   it.skipIf(!canInstall && !onCi)('installs with its own install.sh into a staging root, and the installed agent runs', () => {
     expect(canInstall, 'needs root and systemd-sysusers').toBe(true);
-    const root = tempDir('mgda-release-root-');
+    const root = tempWorkDir(t, 'mgda-release-root-');
     const install = spawnSync('bash', [join(unpacked, NAME, 'scripts/install.sh'), '--root', root, '--node', process.execPath], {
       encoding: 'utf8',
     });
@@ -144,7 +136,7 @@ describe('release tarball from scripts/build-release.sh', () => {
 describe('build-release.sh architecture guard', () => {
   /** A scratch checkout with a prebuilt dist/ (--skip-build) so only the packaging steps run. */
   function scratchCheckout(extraFile: { path: string; content: Buffer }): string {
-    const checkout = tempDir('mgda-scratch-checkout-');
+    const checkout = tempWorkDir(t, 'mgda-scratch-checkout-');
     for (const file of ['package.json', 'package-lock.json']) cpSync(join(REPO, file), join(checkout, file));
     for (const dir of ['scripts', 'systemd']) cpSync(join(REPO, dir), join(checkout, dir), { recursive: true });
     mkdirSync(join(checkout, 'dist/cli'), { recursive: true });
@@ -157,7 +149,7 @@ describe('build-release.sh architecture guard', () => {
 
   it('refuses a native addon (.node)', () => {
     const checkout = scratchCheckout({ path: 'dist/native/binding.node', content: elfHeader });
-    const out = tempDir('mgda-release-out-');
+    const out = tempWorkDir(t, 'mgda-release-out-');
     const result = buildRelease(join(checkout, 'scripts/build-release.sh'), ['--skip-build', '--out', out]);
     expect(result.status).not.toBe(0);
     expect(result.stderr).toContain('native addons');
@@ -167,7 +159,7 @@ describe('build-release.sh architecture guard', () => {
 
   it('refuses an executable of any architecture (ELF), whatever its name', () => {
     const checkout = scratchCheckout({ path: 'dist/bin/helper', content: elfHeader });
-    const out = tempDir('mgda-release-out-');
+    const out = tempWorkDir(t, 'mgda-release-out-');
     const result = buildRelease(join(checkout, 'scripts/build-release.sh'), ['--skip-build', '--out', out]);
     expect(result.status).not.toBe(0);
     expect(result.stderr).toContain('ELF binaries');

@@ -1,12 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { startDevStack, type DevStack } from '../../agent/devstack/stack.js';
-import { AgentProcess } from '../../agent/devstack/agent-process.js';
-import { cleanAgentEnv, registerDevice, writeDeviceFiles, type RegisteredDevice } from '../../agent/devstack/scenario.js';
+import { describe, expect, it } from 'vitest';
+import type { DevStack } from '../../agent/devstack/stack.js';
+import { registerDevice, writeDeviceFiles, type RegisteredDevice } from '../../agent/devstack/scenario.js';
 import { connectObserver } from '../helpers/aedes-broker.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { expectNoSecretsIn, onlineWith, randomExternalId, runAgentProcess, startStack, tempWorkDir, useTeardown } from '../helpers/agent-harness.js';
 
 /*
  * Remote control end to end: the real agent online at the dev stack, an operator's MQTT client on the
@@ -14,11 +13,7 @@ import { makeTempDir } from '../helpers/temp-dir.js';
  * upstream Magistrala tooling does.
  */
 
-const ENCRYPT_KEY = 'v7aT0HGxJxt2gULzr3RHwf4WIf6DusPp';
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const fn of cleanups.splice(0).reverse()) await fn();
-});
+const t = useTeardown();
 
 interface Answer {
   bn: string;
@@ -29,20 +24,16 @@ interface Answer {
 
 /** A registered, enabled device whose agent is online; `control` gives the control.* settings for its directory. */
 async function onlineAgent(stack: DevStack, control: (dir: string) => Record<string, unknown> = () => ({})) {
-  const device = await registerDevice(stack, { externalId: `rc-${randomBytes(4).toString('hex')}`, enable: true });
-  const { dir, cleanup } = makeTempDir('mgda-rc-');
-  cleanups.push(cleanup);
+  const device = await registerDevice(stack, { externalId: randomExternalId('rc'), enable: true });
+  const dir = tempWorkDir(t, 'mgda-rc-');
   const files = writeDeviceFiles(dir, {
     externalId: device.externalId,
     bootstrapUrl: stack.bootstrapUrl,
     externalKey: device.externalKey,
     config: { control: control(dir) },
   });
-  const agent = new AgentProcess({ args: ['run', '--config', files.configFile], env: cleanAgentEnv() });
-  cleanups.push(async () => {
-    await agent.stop(2_000);
-  });
-  await agent.waitFor((l) => String(l.msg).startsWith('online: subscribed to 2 of 2'), 20_000, 'online');
+  const agent = runAgentProcess(t, ['run', '--config', files.configFile]);
+  await agent.waitFor(onlineWith(2), 20_000, 'online');
   return { device, agent };
 }
 
@@ -53,7 +44,7 @@ async function operatorClient(stack: DevStack, device: RegisteredDevice) {
   const controlChannel = device.channelIds[0] as string; // "commands"
   for (const channel of device.channelIds) stack.registry.connect(operator.value.id, channel);
   const client = await connectObserver(stack.mqttUrl, { username: operator.value.id, password: operator.value.secret });
-  cleanups.push(() => client.closeNow());
+  t.add(() => client.closeNow());
   const base = `m/${stack.domainId}/c/${controlChannel}`;
   const answers: Answer[] = [];
   const waiters: { id: string; resolve: (a: Answer) => void }[] = [];
@@ -79,8 +70,7 @@ async function operatorClient(stack: DevStack, device: RegisteredDevice) {
 
 describe('remote control over the control channel', () => {
   it('ping, status, config view, bootstrap (once per 30 s), unknown, malformed; other messages are only logged', async () => {
-    const stack = await startDevStack({ encryptKey: ENCRYPT_KEY });
-    cleanups.push(() => stack.close());
+    const stack = await startStack(t);
     const { device, agent } = await onlineAgent(stack);
     const op = await operatorClient(stack, device);
     const secret = stack.registry.getClient(device.clientId)?.secret as string;
@@ -131,15 +121,12 @@ describe('remote control over the control channel', () => {
     await agent.waitForMessage('malformed control request: request is not JSON', 5_000);
     await agent.waitFor((l) => l.msg === 'message received' && l['topic'] === `m/${stack.domainId}/c/${device.channelIds[1]}/req`, 5_000, 'fallback log');
 
-    for (const value of [device.externalKey, secret]) {
-      expect(JSON.stringify(op.answers)).not.toContain(value);
-      expect(agent.output).not.toContain(value);
-    }
+    expectNoSecretsIn(JSON.stringify(op.answers), [device.externalKey, secret]);
+    expectNoSecretsIn(agent.output, [device.externalKey, secret]);
   });
 
   it('with a command secret: missing and wrong tokens are refused, the right one is served; over the rate limit requests are dropped', async () => {
-    const stack = await startDevStack({ encryptKey: ENCRYPT_KEY });
-    cleanups.push(() => stack.close());
+    const stack = await startStack(t);
     const commandSecret = `cmd-${randomBytes(12).toString('hex')}`;
     const { device, agent } = await onlineAgent(stack, (dir) => {
       const secretFile = join(dir, 'control_secret');

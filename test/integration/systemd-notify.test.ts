@@ -1,137 +1,31 @@
-import { spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterEach, describe, expect, it } from 'vitest';
-import { createLogger } from '../../agent/logging/logger.js';
+import { describe, expect, it } from 'vitest';
 import { createSystemdNotifier, parseNotifyEnvironment } from '../../agent/systemd/notify.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { tempWorkDir, useTeardown } from '../helpers/agent-harness.js';
+import { captureLogger } from '../helpers/log-capture.js';
+import { startNotifyListener, type NotifyListener, type NotifyMessage } from '../helpers/notify-listener.js';
 
-/**
- * A stand-in for PID 1's notification socket: a real AF_UNIX datagram socket that records each
- * datagram with the sender's credentials, and closes the file descriptors that come with
- * BARRIER=1 the way systemd does (otherwise systemd-notify would wait for its barrier in vain).
- */
-const LISTENER_PY = String.raw`
-import array, json, os, socket, struct, sys, time
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.bind(sys.argv[1])
-s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-print("listening", flush=True)
-while True:
-    data, ancillary, _flags, _addr = s.recvmsg(65536, socket.CMSG_SPACE(16 * 4) + socket.CMSG_SPACE(12))
-    received = time.monotonic_ns() // 1000
-    pid = None
-    fds = []
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-            pid = struct.unpack("iII", payload[:12])[0]
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            a = array.array("i")
-            a.frombytes(payload[: len(payload) - len(payload) % 4])
-            fds = list(a)
-    for fd in fds:
-        os.close(fd)
-    print(json.dumps({"pid": pid, "fds": len(fds), "received_usec": received, "text": data.decode()}), flush=True)
-`;
+/** How long a test waits for the datagrams it expects. */
+const WAIT_MS = 10_000;
 
-interface Datagram {
-  pid: number | null;
-  fds: number;
-  received_usec: number;
-  text: string;
-  lines: string[];
+const t = useTeardown();
+
+/** A real NOTIFY_SOCKET (see notify-listener.ts), gone at the end of the test. */
+async function startListener(): Promise<NotifyListener> {
+  const listener = await startNotifyListener(tempWorkDir(t, 'mgda-notify-'));
+  t.add(() => listener.close());
+  return listener;
 }
 
-interface Listener {
-  socketPath: string;
-  datagrams: Datagram[];
-  /** Datagrams other than the BARRIER=1 that follows each message. */
-  messages(): Datagram[];
-  waitFor(predicate: (messages: Datagram[]) => boolean, deadlineMs?: number): Promise<void>;
-}
-
-const cleanups: Array<() => void> = [];
-afterEach(() => {
-  while (cleanups.length > 0) cleanups.pop()?.();
-});
-
-async function startListener(): Promise<Listener> {
-  const temp = makeTempDir('mgda-notify-');
-  cleanups.push(temp.cleanup);
-  const script = join(temp.dir, 'listener.py');
-  writeFileSync(script, LISTENER_PY);
-  const socketPath = join(temp.dir, 'notify.sock');
-  const child: ChildProcess = spawn('python3', [script, socketPath], { stdio: ['ignore', 'pipe', 'inherit'] });
-  cleanups.push(() => child.kill('SIGKILL'));
-
-  const datagrams: Datagram[] = [];
-  let buffered = '';
-  await new Promise<void>((resolve, reject) => {
-    child.once('error', reject);
-    child.once('exit', (code) => reject(new Error(`listener exited early (${code})`)));
-    child.stdout?.setEncoding('utf8');
-    child.stdout?.on('data', (chunk: string) => {
-      buffered += chunk;
-      let newline: number;
-      while ((newline = buffered.indexOf('\n')) !== -1) {
-        const line = buffered.slice(0, newline);
-        buffered = buffered.slice(newline + 1);
-        if (line === 'listening') {
-          resolve();
-          continue;
-        }
-        const parsed = JSON.parse(line) as Omit<Datagram, 'lines'>;
-        datagrams.push({ ...parsed, lines: parsed.text.split('\n') });
-      }
-    });
-  });
-
-  const messages = (): Datagram[] => datagrams.filter((d) => d.text !== 'BARRIER=1');
-  return {
-    socketPath,
-    datagrams,
-    messages,
-    async waitFor(predicate, deadlineMs = 10_000) {
-      const end = Date.now() + deadlineMs;
-      while (!predicate(messages())) {
-        if (Date.now() > end) throw new Error(`listener did not see the expected messages; got ${JSON.stringify(messages().map((m) => m.text))}`);
-        await sleep(20);
-      }
-    },
-  };
-}
-
-function captureLogger(): { logger: ReturnType<typeof createLogger>; lines: () => Array<Record<string, unknown>> } {
-  let text = '';
-  const destination = new Writable({
-    write(chunk: Buffer, _encoding, callback) {
-      text += chunk.toString('utf8');
-      callback();
-    },
-  });
-  const logger = createLogger({ level: 'debug', destination });
-  return {
-    logger,
-    lines: () =>
-      text
-        .split('\n')
-        .filter((l) => l !== '')
-        .map((l) => JSON.parse(l) as Record<string, unknown>),
-  };
-}
-
-function notifierFor(listener: Listener, extraEnv: NodeJS.ProcessEnv = {}) {
+function notifierFor(listener: NotifyListener, extraEnv: NodeJS.ProcessEnv = {}) {
   const { logger, lines } = captureLogger();
   const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, NOTIFY_SOCKET: listener.socketPath, ...extraEnv };
   const notifier = createSystemdNotifier({ env, logger });
-  cleanups.push(() => notifier.stop());
+  t.add(() => notifier.stop());
   return { notifier, logLines: lines };
 }
 
-const count = (messages: Datagram[], line: string): number => messages.filter((m) => m.lines.includes(line)).length;
+const count = (messages: NotifyMessage[], line: string): number => messages.filter((m) => m.lines.includes(line)).length;
 
 describe('systemd notifier against a real NOTIFY_SOCKET', () => {
   it('sends READY=1, STATUS= and STOPPING=1 in order, naming this process as the main PID', async () => {
@@ -143,9 +37,9 @@ describe('systemd notifier against a real NOTIFY_SOCKET', () => {
     notifier.status('reconnecting');
     notifier.stopping('shutting down');
     await notifier.flush();
-    await listener.waitFor((m) => m.length >= 3);
+    await listener.waitFor((m) => m.length >= 3, WAIT_MS);
 
-    const [ready, status, stopping] = listener.messages();
+    const [ready, status, stopping] = listener.messages;
     expect(ready?.lines).toEqual(expect.arrayContaining(['READY=1', 'STATUS=connected, 2 channels subscribed']));
     expect(status?.lines).toEqual(expect.arrayContaining(['STATUS=reconnecting']));
     expect(status?.lines).not.toContain('READY=1');
@@ -155,7 +49,7 @@ describe('systemd notifier against a real NOTIFY_SOCKET', () => {
       // As root, systemd-notify can send with our PID as the sender, which systemd attributes directly.
       if (process.getuid?.() === 0) expect(message?.pid).toBe(process.pid);
     }
-    expect(logLines()).toEqual([]);
+    expect(logLines).toEqual([]);
   });
 
   it('follows every message with a barrier, so systemd attributes it before the helper exits', async () => {
@@ -165,7 +59,9 @@ describe('systemd notifier against a real NOTIFY_SOCKET', () => {
     notifier.ready();
     notifier.stopping();
     await notifier.flush();
-    await listener.waitFor((m) => m.length >= 2);
+    // The listener reports a barrier after closing its descriptor, so flush() can return before the
+    // last BARRIER=1 line reaches us: wait for all four datagrams, not just the two messages.
+    await listener.waitFor(() => listener.datagrams.length >= 4, WAIT_MS, 'two messages and two barriers');
 
     const texts = listener.datagrams.map((d) => (d.text === 'BARRIER=1' ? 'barrier' : 'message'));
     expect(texts).toEqual(['message', 'barrier', 'message', 'barrier']);
@@ -179,9 +75,9 @@ describe('systemd notifier against a real NOTIFY_SOCKET', () => {
 
     notifier.status('bootstrap failed:\nREADY=1\r\nSTOPPING=1');
     await notifier.flush();
-    await listener.waitFor((m) => m.length >= 1);
+    await listener.waitFor((m) => m.length >= 1, WAIT_MS);
 
-    const [message] = listener.messages();
+    const [message] = listener.messages;
     expect(message?.lines.filter((l) => l !== `MAINPID=${process.pid}`)).toEqual(['STATUS=bootstrap failed: READY=1 STOPPING=1']);
   });
 
@@ -192,16 +88,16 @@ describe('systemd notifier against a real NOTIFY_SOCKET', () => {
     notifier.reloading('reloading configuration');
     notifier.ready('connected');
     await notifier.flush();
-    await listener.waitFor((m) => m.length >= 2);
+    await listener.waitFor((m) => m.length >= 2, WAIT_MS);
 
-    const [reloading, ready] = listener.messages();
+    const [reloading, ready] = listener.messages;
     expect(reloading?.lines).toContain('RELOADING=1');
     const stamp = reloading?.lines.find((l) => l.startsWith('MONOTONIC_USEC='));
     expect(stamp).toBeDefined();
     const usec = Number(stamp?.slice('MONOTONIC_USEC='.length));
     // Stamped before it was received, on the same clock (CLOCK_MONOTONIC), so close behind.
-    expect(usec).toBeLessThanOrEqual(reloading?.received_usec ?? 0);
-    expect((reloading?.received_usec ?? 0) - usec).toBeLessThan(30_000_000);
+    expect(usec).toBeLessThanOrEqual(reloading?.receivedUsec ?? 0);
+    expect((reloading?.receivedUsec ?? 0) - usec).toBeLessThan(30_000_000);
     expect(ready?.lines).toContain('READY=1');
   });
 
@@ -214,17 +110,17 @@ describe('systemd notifier against a real NOTIFY_SOCKET', () => {
     await sleep(1_500);
     notifier.stop();
     await notifier.flush();
-    const pings = count(listener.messages(), 'WATCHDOG=1');
+    const pings = count(listener.messages, 'WATCHDOG=1');
     // 100 ms over 1.5 s is 16 at most (one at start); a loaded machine coalesces some, never below a few.
     expect(pings).toBeGreaterThanOrEqual(4);
     expect(pings).toBeLessThanOrEqual(16);
 
     await sleep(400);
-    expect(count(listener.messages(), 'WATCHDOG=1')).toBe(pings);
+    expect(count(listener.messages, 'WATCHDOG=1')).toBe(pings);
     notifier.ready();
     await notifier.flush();
     await sleep(200);
-    expect(count(listener.messages(), 'READY=1')).toBe(0);
+    expect(count(listener.messages, 'READY=1')).toBe(0);
   });
 
   it('sends no WATCHDOG=1 while the health check fails or throws, and resumes once healthy', async () => {
@@ -240,11 +136,11 @@ describe('systemd notifier against a real NOTIFY_SOCKET', () => {
     health = 'throws';
     await sleep(400);
     await notifier.flush();
-    expect(count(listener.messages(), 'WATCHDOG=1')).toBe(0);
-    expect(logLines().filter((l) => l.level === 'warn')).toHaveLength(1);
+    expect(count(listener.messages, 'WATCHDOG=1')).toBe(0);
+    expect(logLines.filter((l) => l.level === 'warn')).toHaveLength(1);
 
     health = 'healthy';
-    await listener.waitFor((m) => count(m, 'WATCHDOG=1') >= 2);
+    await listener.waitFor((m) => count(m, 'WATCHDOG=1') >= 2, WAIT_MS);
   });
 
   it('does not ping for a watchdog meant for another process (WATCHDOG_PID)', async () => {
@@ -256,8 +152,8 @@ describe('systemd notifier against a real NOTIFY_SOCKET', () => {
     notifier.ready();
     await notifier.flush();
     await sleep(400);
-    await listener.waitFor((m) => count(m, 'READY=1') === 1);
-    expect(count(listener.messages(), 'WATCHDOG=1')).toBe(0);
+    await listener.waitFor((m) => count(m, 'READY=1') === 1, WAIT_MS);
+    expect(count(listener.messages, 'WATCHDOG=1')).toBe(0);
   });
 
   it('sends nothing at all when NOTIFY_SOCKET is unset', async () => {
@@ -267,7 +163,7 @@ describe('systemd notifier against a real NOTIFY_SOCKET', () => {
       env: { PATH: process.env.PATH, WATCHDOG_USEC: '100000', WATCHDOG_PID: String(process.pid) },
       logger,
     });
-    cleanups.push(() => notifier.stop());
+    t.add(() => notifier.stop());
     expect(notifier.enabled).toBe(false);
     expect(notifier.watchdogIntervalMs).toBeUndefined();
 
@@ -280,7 +176,7 @@ describe('systemd notifier against a real NOTIFY_SOCKET', () => {
     await sleep(400);
 
     expect(listener.datagrams).toEqual([]);
-    expect(lines()).toEqual([]);
+    expect(lines).toEqual([]);
   });
 
   it('never throws when the helper is missing, and warns only once', async () => {
@@ -291,7 +187,7 @@ describe('systemd notifier against a real NOTIFY_SOCKET', () => {
       logger,
       command: '/nonexistent/systemd-notify',
     });
-    cleanups.push(() => notifier.stop());
+    t.add(() => notifier.stop());
 
     expect(() => {
       notifier.ready();
@@ -302,7 +198,7 @@ describe('systemd notifier against a real NOTIFY_SOCKET', () => {
     notifier.status('b');
     await notifier.flush();
 
-    const logged = lines();
+    const logged = lines;
     expect(logged.filter((l) => l.level === 'warn')).toHaveLength(1);
     expect(logged.filter((l) => l.level === 'debug').length).toBeGreaterThanOrEqual(3);
     expect(listener.datagrams).toEqual([]);

@@ -1,8 +1,8 @@
 import { spawnSync } from 'node:child_process';
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { describe, expect, it } from 'vitest';
+import { tempWorkDir, useTeardown } from '../helpers/agent-harness.js';
 
 /**
  * The unit file checked with systemd's own tools: `systemd-analyze verify` (syntax, unknown keys,
@@ -25,21 +25,17 @@ if (!analyzeAvailable && !onCi) {
   );
 }
 
-const cleanups: Array<() => void> = [];
-afterEach(() => {
-  while (cleanups.length > 0) cleanups.pop()?.();
-});
+const t = useTeardown();
 
 /** The unit copied into a temp dir with ExecStart pointing at an executable stub, so verify can resolve it. */
 function unitWithStubbedExecStart(): string {
-  const temp = makeTempDir('mgda-unit-');
-  cleanups.push(temp.cleanup);
-  const stub = join(temp.dir, 'mg-device-agent');
+  const dir = tempWorkDir(t, 'mgda-unit-');
+  const stub = join(dir, 'mg-device-agent');
   writeFileSync(stub, '#!/bin/sh\nexit 0\n');
   chmodSync(stub, 0o755);
   const unit = readFileSync(UNIT_PATH, 'utf8');
   expect(unit).toContain(`ExecStart=${WRAPPER} `);
-  const copy = join(temp.dir, 'mg-device-agent.service');
+  const copy = join(dir, 'mg-device-agent.service');
   writeFileSync(copy, unit.replaceAll(WRAPPER, stub));
   return copy;
 }

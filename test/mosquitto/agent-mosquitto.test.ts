@@ -2,14 +2,13 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { AgentProcess, type LogLine } from '../../agent/devstack/agent-process.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { AgentProcess, LogLine } from '../../agent/devstack/agent-process.js';
 import { startBootstrapServer, type BootstrapServer } from '../../agent/devstack/bootstrap-server.js';
-import { makeTestCerts, type TestCerts } from '../../agent/devstack/dev-pki.js';
 import { createRegistry, type Registry } from '../../agent/devstack/registry.js';
-import { cleanAgentEnv, writeDeviceFiles, type DeviceFiles } from '../../agent/devstack/scenario.js';
+import { writeDeviceFiles, type DeviceFiles } from '../../agent/devstack/scenario.js';
 import { connectObserver, readRetained } from '../helpers/aedes-broker.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { K32_ENCRYPT_KEY, expectNoSecretsIn, onlineWith, pemBodyLines, runAgentProcess, tempWorkDir, usePki, useTeardown } from '../helpers/agent-harness.js';
 import { findMosquittoTools, startMosquitto, type MosquittoBroker, type MosquittoTools } from './mosquitto-broker.js';
 
 /*
@@ -42,11 +41,7 @@ if (!tools && IN_CI) {
   });
 }
 
-const ENCRYPT_KEY = 'v7aT0HGxJxt2gULzr3RHwf4WIf6DusPp'; // the K32 vector's key
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const fn of cleanups.splice(0).reverse()) await fn();
-});
+const t = useTeardown();
 
 interface ScenarioOptions {
   protocolVersion?: 4 | 5;
@@ -84,41 +79,25 @@ function secretHex(bytes = 16): string {
   return randomBytes(bytes).toString('hex');
 }
 
-/** Every line of a PEM private key's body: any of them in the output would be a leak. */
-function privateKeyBodyLines(pem: string): string[] {
-  return pem.split('\n').filter((line) => line.trim() !== '' && !line.startsWith('-----'));
-}
-
-function expectNoSecrets(agent: AgentProcess, secrets: string[]): void {
-  for (const secret of secrets) expect(agent.output, 'a secret was printed').not.toContain(secret);
-}
-
-const onlineWith = (subscribed: number, total: number, generation?: number) => (l: LogLine) =>
-  String(l.msg).startsWith(`online: subscribed to ${subscribed} of ${total}`) && (generation === undefined || l['generation'] === generation);
-
 const receivedOn = (topic: string) => (l: LogLine) => l.msg === 'message received' && l['topic'] === topic;
 
 describe.skipIf(!tools)('agent against Debian mosquitto (mutual TLS, secure bootstrap)', () => {
   const mosquittoTools = tools as MosquittoTools;
-  let pki: TestCerts;
+  const pki = usePki('mgda-mosq-pki-');
   let foreignServerCert: string;
 
   beforeAll(() => {
-    const { dir, cleanup } = makeTempDir('mgda-mosq-pki-');
-    pki = makeTestCerts(dir);
     // The same server key and request, signed by the PKI's unrelated CA: a broker certificate the device must refuse.
     execFileSync(
       mosquittoTools.openssl,
       ['x509', '-req', '-in', 'server.csr', '-CA', 'other-ca.pem', '-CAkey', 'other-ca.key', '-CAcreateserial', '-out', 'foreign-server.pem', '-days', '2', '-extfile', 'server.ext'],
-      { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] },
+      { cwd: pki.dir, stdio: ['ignore', 'ignore', 'pipe'] },
     );
-    foreignServerCert = readFileSync(join(dir, 'foreign-server.pem'), 'utf8');
-    return cleanup;
+    foreignServerCert = readFileSync(join(pki.dir, 'foreign-server.pem'), 'utf8');
   });
 
   async function scenario(options: ScenarioOptions = {}): Promise<Scenario> {
-    const { dir, cleanup } = makeTempDir('mgda-mosq-');
-    cleanups.push(cleanup);
+    const dir = tempWorkDir(t, 'mgda-mosq-');
     const domainId = randomUUID();
     const channels: [string, string, string] = [randomUUID(), randomUUID(), randomUUID()];
     const pick = (indexes: number[]): string[] => indexes.map((i) => channels[i] as string);
@@ -136,7 +115,7 @@ describe.skipIf(!tools)('agent against Debian mosquitto (mutual TLS, secure boot
       ],
       authorisation: options.authorisation ?? 'acl-file',
     });
-    cleanups.push(() => broker.stop());
+    t.add(() => broker.stop());
 
     const registry = createRegistry();
     const added = registry.addConfig({
@@ -153,28 +132,24 @@ describe.skipIf(!tools)('agent against Debian mosquitto (mutual TLS, secure boot
       state: 1,
     });
     if (!added.ok) throw new Error(added.message);
-    const bootstrap = await startBootstrapServer({ registry, encryptKey: ENCRYPT_KEY, responseFamily: 'v0.20', userToken: randomUUID() });
-    cleanups.push(() => bootstrap.close());
+    const bootstrap = await startBootstrapServer({ registry, encryptKey: K32_ENCRYPT_KEY, responseFamily: 'v0.20', userToken: randomUUID() });
+    t.add(() => bootstrap.close());
 
     const deviceDir = join(dir, 'device');
     mkdirSync(deviceDir, { mode: 0o700 });
     const files = writeDeviceFiles(deviceDir, {
       bootstrapUrl: bootstrap.url,
       externalKey: device.externalKey,
-      encryptKey: ENCRYPT_KEY,
+      encryptKey: K32_ENCRYPT_KEY,
       externalId: device.externalId,
       config: { mqtt: { protocolVersion: options.protocolVersion ?? 4 } },
     });
-    const secrets = [device.externalKey, ENCRYPT_KEY, device.secret, observer.password, ...privateKeyBodyLines(pki.clientKey)];
+    const secrets = [device.externalKey, K32_ENCRYPT_KEY, device.secret, observer.password, ...pemBodyLines(pki.clientKey)];
     return { broker, bootstrap, registry, domainId, channels, device, observer, files, secrets };
   }
 
   function runAgent(s: Scenario): AgentProcess {
-    const agent = new AgentProcess({ args: ['run', '--config', s.files.configFile], env: cleanAgentEnv() });
-    cleanups.push(async () => {
-      await agent.stop(2_000);
-    });
-    return agent;
+    return runAgentProcess(t, ['run', '--config', s.files.configFile]);
   }
 
   /** A separate MQTT.js client with its own user, over mutual TLS like every client of this broker. */
@@ -233,7 +208,7 @@ describe.skipIf(!tools)('agent against Debian mosquitto (mutual TLS, secure boot
     // A clean goodbye (DISCONNECT, so no Will) after the agent's own retained "offline".
     expect(s.broker.log()).toContain(`Received DISCONNECT from ${s.device.clientId}`);
     expect(await readRetained(s.broker.url, statusTopicOf(s), observerOptions(s))).toBe('offline');
-    expectNoSecrets(agent, s.secrets);
+    expectNoSecretsIn(agent.output, s.secrets);
   });
 
   it.each([
@@ -259,8 +234,8 @@ describe.skipIf(!tools)('agent against Debian mosquitto (mutual TLS, secure boot
     expect(second.lines.filter(receivedOn(topic))).toHaveLength(1);
     expect((await second.stop()).code).toBe(0);
     expect(secureStatuses(s).every((status) => status === 200)).toBe(true);
-    expectNoSecrets(first, s.secrets);
-    expectNoSecrets(second, s.secrets);
+    expectNoSecretsIn(first.output, s.secrets);
+    expectNoSecretsIn(second.output, s.secrets);
   });
 
   it.each([
@@ -288,7 +263,7 @@ describe.skipIf(!tools)('agent against Debian mosquitto (mutual TLS, secure boot
     expect((await agent.waitFor(receivedOn(wanted), 10_000, 'the message'))['bytes']).toBe(11);
     expect(await readRetained(s.broker.url, statusTopicOf(s), observerOptions(s))).toBe('online');
     expect((await agent.stop()).code).toBe(0);
-    expectNoSecrets(agent, s.secrets);
+    expectNoSecretsIn(agent.output, s.secrets);
   });
 
   it('acl_file: mosquitto 2.0 grants every SUBSCRIBE and withholds what the user may not read, so only the allowed channels deliver', async () => {
@@ -309,7 +284,7 @@ describe.skipIf(!tools)('agent against Debian mosquitto (mutual TLS, secure boot
     await agent.waitFor(receivedOn(allowed), 10_000, 'the allowed message');
     expect(agent.lines.filter(receivedOn(withheld))).toEqual([]);
     expect((await agent.stop()).code).toBe(0);
-    expectNoSecrets(agent, s.secrets);
+    expectNoSecretsIn(agent.output, s.secrets);
   });
 
   it('secret rotated on the broker: disconnected, CONNACK refused, MQTT_AUTH_REFUSED, re-bootstraps, and connects once Bootstrap hands out the new secret', async () => {
@@ -338,7 +313,7 @@ describe.skipIf(!tools)('agent against Debian mosquitto (mutual TLS, secure boot
     expect(statuses.length).toBeGreaterThanOrEqual(3);
     expect(statuses.every((status) => status === 200)).toBe(true);
     expect((await agent.stop()).code).toBe(0);
-    expectNoSecrets(agent, s.secrets);
+    expectNoSecretsIn(agent.output, s.secrets);
   });
 
   it('broker certificate signed by another CA: MQTT_TLS, nothing promoted, mosquitto never sees a CONNECT', async () => {
@@ -357,6 +332,6 @@ describe.skipIf(!tools)('agent against Debian mosquitto (mutual TLS, secure boot
     // The device hung up inside the TLS handshake (Node sends no alert, so mosquitto only sees EOF):
     // no MQTT session ever existed, so the client secret never crossed the untrusted connection.
     expect(s.broker.log()).not.toContain('New client connected');
-    expectNoSecrets(agent, s.secrets);
+    expectNoSecretsIn(agent.output, s.secrets);
   });
 });

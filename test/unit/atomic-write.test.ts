@@ -1,10 +1,10 @@
 import { chmodSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { AgentError } from '../../agent/errors/agent-error.js';
 import { ensureDir, fsyncDir, isTempName, writeFileAtomic } from '../../agent/storage/atomic-write.js';
 import { faultyFs, type FsOperation } from '../helpers/faulty-fs.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
+import { rejectedAgentError } from '../helpers/agent-errors.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -21,16 +21,6 @@ afterEach(() => {
 
 function modeOf(path: string): number {
   return statSync(path).mode & 0o777;
-}
-
-async function captureError(run: () => Promise<unknown>): Promise<AgentError> {
-  try {
-    await run();
-  } catch (error) {
-    if (error instanceof AgentError) return error;
-    throw error;
-  }
-  throw new Error('expected an AgentError, nothing was thrown');
 }
 
 /** Fails one kind of step on paths containing `needle`. */
@@ -93,7 +83,7 @@ describe('writeFileAtomic', () => {
       chmodSync(target, 0o644);
       // Fail on the temporary file (or, for rename, on the target), never on the directory.
       const fs = failing(operation, code, operation === 'rename' ? 'client.crt' : '.tmp-');
-      const error = await captureError(() => writeFileAtomic(target, 'new certificate\n'.repeat(100), { mode: 0o644, fs }));
+      const error = await rejectedAgentError(() => writeFileAtomic(target, 'new certificate\n'.repeat(100), { mode: 0o644, fs }));
       expect(error.code).toBe('STORAGE_WRITE_FAILED');
       expect(error.details).toMatchObject({ path: target, osCode: code });
       expect(error.message).toBe(`could not write ${target}: ${code}`);
@@ -107,7 +97,7 @@ describe('writeFileAtomic', () => {
     let writes = 0;
     const fs = faultyFs((op) => (op === 'write' && ++writes === 3 ? 'ENOSPC' : undefined), { maxWriteBytes: 10 });
     const target = join(dir, 'content');
-    const error = await captureError(() => writeFileAtomic(target, 'y'.repeat(100), { mode: 0o600, fs }));
+    const error = await rejectedAgentError(() => writeFileAtomic(target, 'y'.repeat(100), { mode: 0o600, fs }));
     expect(error.details.osCode).toBe('ENOSPC');
     expect(writes).toBe(3);
     expect(readdirSync(dir)).toEqual([]);
@@ -115,7 +105,7 @@ describe('writeFileAtomic', () => {
 
   it('reports a failed directory fsync (the rename may not survive a power cut)', async () => {
     const fs = faultyFs((op, path) => (op === 'fsync' && path === dir ? 'EIO' : undefined));
-    const error = await captureError(() => writeFileAtomic(join(dir, 'f'), 'data', { mode: 0o600, fs }));
+    const error = await rejectedAgentError(() => writeFileAtomic(join(dir, 'f'), 'data', { mode: 0o600, fs }));
     expect(error.code).toBe('STORAGE_WRITE_FAILED');
     expect(error.details.osCode).toBe('EIO');
     expect(readdirSync(dir).filter(isTempName)).toEqual([]);
@@ -123,7 +113,7 @@ describe('writeFileAtomic', () => {
 
   it('reports a missing directory as ENOENT', async () => {
     const target = join(dir, 'missing', 'f');
-    const error = await captureError(() => writeFileAtomic(target, 'data', { mode: 0o600 }));
+    const error = await rejectedAgentError(() => writeFileAtomic(target, 'data', { mode: 0o600 }));
     expect(error.code).toBe('STORAGE_WRITE_FAILED');
     expect(error.details).toMatchObject({ path: target, osCode: 'ENOENT' });
   });
@@ -166,14 +156,14 @@ describe('ensureDir', () => {
   it('refuses a path that is a file', async () => {
     const path = join(dir, 'state');
     writeFileSync(path, '');
-    const error = await captureError(() => ensureDir(path));
+    const error = await rejectedAgentError(() => ensureDir(path));
     expect(error.code).toBe('STORAGE_WRITE_FAILED');
     expect(error.details).toMatchObject({ path, osCode: 'ENOTDIR' });
   });
 
   it('reports a read-only file system', async () => {
     const path = join(dir, 'state');
-    const error = await captureError(() => ensureDir(path, 0o700, failing('mkdir', 'EROFS')));
+    const error = await rejectedAgentError(() => ensureDir(path, 0o700, failing('mkdir', 'EROFS')));
     expect(error.details).toMatchObject({ path, osCode: 'EROFS' });
     expect(readdirSync(dir)).toEqual([]);
   });
@@ -186,7 +176,7 @@ describe('ensureDir on a read-only file system whose recursive mkdir says ENOENT
     fs.mkdir = async (_p: string, options: { recursive: boolean; mode: number }) => {
       throw Object.assign(new Error('mkdir failed'), { code: options.recursive ? 'ENOENT' : 'EROFS' });
     };
-    const error = await captureError(() => ensureDir(path, 0o700, fs));
+    const error = await rejectedAgentError(() => ensureDir(path, 0o700, fs));
     expect(error.details).toMatchObject({ path, osCode: 'EROFS' });
     expect(error.message).toContain('EROFS');
   });
@@ -195,7 +185,7 @@ describe('ensureDir on a read-only file system whose recursive mkdir says ENOENT
 describe('fsyncDir', () => {
   it('succeeds on a directory and reports a missing one', async () => {
     await fsyncDir(dir);
-    const error = await captureError(() => fsyncDir(join(dir, 'nope')));
+    const error = await rejectedAgentError(() => fsyncDir(join(dir, 'nope')));
     expect(error.code).toBe('STORAGE_WRITE_FAILED');
     expect(error.details.osCode).toBe('ENOENT');
   });

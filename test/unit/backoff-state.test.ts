@@ -1,26 +1,21 @@
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createLogger } from '../../agent/logging/logger.js';
 import { BackoffStateFile } from '../../agent/lifecycle/backoff-state.js';
 import { firstAttemptDelay } from '../../agent/lifecycle/backoff.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { tempWorkDir, useTeardown } from '../helpers/agent-harness.js';
+import { captureLogger } from '../helpers/log-capture.js';
 
 /* The failure streak on disk: what a restarted agent resumes, and what a power cut can leave of it. */
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const fn of cleanups.splice(0)) fn();
-});
+const t = useTeardown();
 
 function setup() {
-  const { dir, cleanup } = makeTempDir('mgda-backoff-');
-  cleanups.push(cleanup);
-  const lines: Record<string, unknown>[] = [];
-  const logger = createLogger({ level: 'debug', destination: sinkInto(lines) });
+  const dir = tempWorkDir(t, 'mgda-backoff-');
+  const { logger, lines } = captureLogger();
   const file = new BackoffStateFile({ stateDir: dir, logger });
-  return { dir, file, lines, path: join(dir, 'backoff.json') };
+  return { dir, file, lines, logger, path: join(dir, 'backoff.json') };
 }
 
 describe('backoff state file', () => {
@@ -61,23 +56,14 @@ describe('backoff state file', () => {
   });
 
   it('a state directory it cannot write to never stops the agent: save does not throw and warns once', async () => {
-    const { dir, lines } = setup();
+    const { dir, lines, logger } = setup();
     // A directory that cannot be written to (here: one that is not there), as for root and non-root alike.
-    const file = new BackoffStateFile({ stateDir: join(dir, 'missing', 'deeper'), logger: createLogger({ level: 'debug', destination: sinkInto(lines) }) });
+    const file = new BackoffStateFile({ stateDir: join(dir, 'missing', 'deeper'), logger });
     await expect(file.save({ counts: { transient: 1 } })).resolves.toBeUndefined();
     await expect(file.save({ counts: { transient: 2 } })).resolves.toBeUndefined();
     expect(lines.filter((l) => l['level'] === 'warn' && l['code'] === 'STORAGE_WRITE_FAILED')).toHaveLength(1);
   });
 });
-
-function sinkInto(lines: Record<string, unknown>[]): Writable {
-  return new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      for (const l of chunk.toString('utf8').split('\n')) if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
-      cb();
-    },
-  });
-}
 
 describe('firstAttemptDelay', () => {
   const retry = { initialDelayMs: 1000, maxDelayMs: 60_000, permanentMaxDelayMs: 3_600_000, bootJitterMs: 5_000 };

@@ -2,8 +2,9 @@ import { describe, expect, it } from 'vitest';
 import { decryptCfb } from '../../agent/bootstrap/crypto.js';
 import type { DeviceConfig } from '../../agent/bootstrap/model.js';
 import { detectResponseFamily, mapBootstrapResponse, type MappingFallbacks } from '../../agent/bootstrap/response.js';
-import { AgentError } from '../../agent/errors/agent-error.js';
-import { keyByName, loadVectors, type ResponseVector } from '../helpers/vectors.js';
+import type { AgentError } from '../../agent/errors/agent-error.js';
+import { thrownAgentError } from '../helpers/agent-errors.js';
+import { aesKeyByName, loadVectors, responseVectorById, type ResponseVector } from '../helpers/vectors.js';
 
 const vectors = loadVectors();
 
@@ -12,29 +13,18 @@ const SECRET = '30c775d7-3504-42c6-976c-52c02474bf2f';
 const FALLBACK_URL = 'mqtts://fallback.example.com:8883';
 const FALLBACK_DOMAIN = 'd0d0d0d0-0000-4000-8000-000000000000';
 
-function vector(id: string): ResponseVector {
-  const found = vectors.response_vectors.find((v) => v.id === id);
-  if (!found) throw new Error(`no response vector ${id}`);
-  return found;
-}
+const vector = (id: string): ResponseVector => responseVectorById(vectors, id);
 
 function plainJson(v: ResponseVector): Record<string, unknown> {
   return JSON.parse(v.plain_endpoint_body) as Record<string, unknown>;
 }
 
 function decryptedJson(v: ResponseVector): Record<string, unknown> {
-  const key = Buffer.from(keyByName(vectors, v.key).aes_key_hex, 'hex');
-  return JSON.parse(decryptCfb(key, Buffer.from(v.secure_body_hex, 'hex')).toString('utf8')) as Record<string, unknown>;
+  return JSON.parse(decryptCfb(aesKeyByName(vectors, v.key), Buffer.from(v.secure_body_hex, 'hex')).toString('utf8')) as Record<string, unknown>;
 }
 
 function mapError(json: unknown, fallbacks: MappingFallbacks): AgentError {
-  try {
-    mapBootstrapResponse(json, fallbacks);
-  } catch (err) {
-    if (err instanceof AgentError) return err;
-    throw err;
-  }
-  throw new Error('mapping succeeded, an AgentError was expected');
+  return thrownAgentError(() => mapBootstrapResponse(json, fallbacks));
 }
 
 /** No secret value of the response may surface in what gets logged. */

@@ -9,22 +9,13 @@ import {
 } from '../../agent/identity/choose-interface.js';
 import { AgentError } from '../../agent/errors/agent-error.js';
 import { MacFormats } from '../../agent/config/schema.js';
+import { thrownAgentError } from '../helpers/agent-errors.js';
 
 function nic(name: string, mac: string, extra: Partial<InterfaceFacts> = {}): InterfaceFacts {
   return { name, mac, internal: false, virtual: false, wireless: false, addrAssignType: 0, ...extra };
 }
 
 const lo = nic('lo', '00:00:00:00:00:00', { internal: true });
-
-function catchAgentError(run: () => unknown): AgentError {
-  try {
-    run();
-  } catch (error) {
-    if (error instanceof AgentError) return error;
-    throw error;
-  }
-  throw new Error('expected an AgentError');
-}
 
 /** Every permutation of a short list, to prove the OS listing order never matters. */
 function permutations<T>(items: readonly T[]): T[][] {
@@ -130,14 +121,14 @@ describe('chooseInterface rejections', () => {
 
   for (const { title, facts, reason } of rejections) {
     it(`refuses ${title}`, () => {
-      const error = catchAgentError(() => chooseInterface([facts]));
+      const error = thrownAgentError(() => chooseInterface([facts]));
       expect(error.code).toBe('IDENTITY_NO_USABLE_INTERFACE');
       expect(error.message).toMatch(reason);
     });
   }
 
   it('only wlan0 with a random MAC: nothing usable', () => {
-    const error = catchAgentError(() =>
+    const error = thrownAgentError(() =>
       chooseInterface([lo, nic('wlan0', 'ae:12:34:56:78:9a', { wireless: true, addrAssignType: 1 })]),
     );
     expect(error.code).toBe('IDENTITY_NO_USABLE_INTERFACE');
@@ -153,7 +144,7 @@ describe('chooseInterface rejections', () => {
       nic('eth0', '00:00:00:00:00:00'),
       nic('wlan0', 'ae:12:34:56:78:9a', { wireless: true, addrAssignType: 1 }),
     ];
-    const error = catchAgentError(() => chooseInterface(list));
+    const error = thrownAgentError(() => chooseInterface(list));
     expect(error.code).toBe('IDENTITY_NO_USABLE_INTERFACE');
     for (const name of ['lo', 'docker0', 'eth0', 'wlan0']) expect(error.message).toContain(`${name}:`);
     expect(error.details.rejected).toBe(
@@ -163,7 +154,7 @@ describe('chooseInterface rejections', () => {
   });
 
   it('an empty list is an error too', () => {
-    expect(catchAgentError(() => chooseInterface([])).code).toBe('IDENTITY_NO_USABLE_INTERFACE');
+    expect(thrownAgentError(() => chooseInterface([])).code).toBe('IDENTITY_NO_USABLE_INTERFACE');
   });
 
   it('reports the unusable interfaces next to the chosen one', () => {
@@ -181,21 +172,21 @@ describe('chooseInterface with identity.interface', () => {
   });
 
   it('IDENTITY_INTERFACE_NOT_FOUND names the missing interface and the ones present', () => {
-    const error = catchAgentError(() => chooseInterface(list, { preferred: 'end0' }));
+    const error = thrownAgentError(() => chooseInterface(list, { preferred: 'end0' }));
     expect(error.code).toBe('IDENTITY_INTERFACE_NOT_FOUND');
     expect(error.message).toContain('"end0"');
     expect(error.message).toContain('docker0, eth0, lo, wlan0');
   });
 
   it('IDENTITY_INTERFACE_UNUSABLE says why', () => {
-    const error = catchAgentError(() => chooseInterface(list, { preferred: 'docker0' }));
+    const error = thrownAgentError(() => chooseInterface(list, { preferred: 'docker0' }));
     expect(error.code).toBe('IDENTITY_INTERFACE_UNUSABLE');
     expect(error.message).toContain('"docker0"');
     expect(error.message).toContain('Docker bridge');
   });
 
   it('IDENTITY_INTERFACE_UNUSABLE for a random MAC on the named interface', () => {
-    const error = catchAgentError(() =>
+    const error = thrownAgentError(() =>
       chooseInterface([nic('wlan0', 'ae:12:34:56:78:9a', { wireless: true, addrAssignType: 1 })], { preferred: 'wlan0' }),
     );
     expect(error.code).toBe('IDENTITY_INTERFACE_UNUSABLE');

@@ -1,15 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { DeviceConfig } from '../../agent/bootstrap/model.js';
 import { diffConfigs, sameConfig, type ConfigDiff } from '../../agent/storage/config-diff.js';
-import { makeTestPki, type TestPki } from '../helpers/openssl-pki.js';
+import { useTestPki } from '../helpers/openssl-pki.js';
 
-let pki: TestPki;
-let cleanupPki: () => void;
-
-beforeAll(() => {
-  ({ pki, cleanup: cleanupPki } = makeTestPki());
-});
-afterAll(() => cleanupPki());
+const pki = useTestPki();
 
 function baseConfig(): DeviceConfig {
   return {

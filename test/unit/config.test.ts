@@ -105,6 +105,11 @@ describe('configuration', () => {
     );
   });
 
+  it('the README configuration table names every key and its variable', () => {
+    const readme = readFileSync(new URL('../../README.md', import.meta.url).pathname, 'utf8');
+    for (const b of envBindings()) expect(readme, `README row for ${b.section}.${b.key}`).toContain(`| \`${b.section}.${b.key}\` | \`${b.variable}\` |`);
+  });
+
   it('the example file is valid and documents every key of the schema', () => {
     const text = readFileSync(EXAMPLE, 'utf8');
     const { config } = loadConfig({ configPath: EXAMPLE, env: {} });

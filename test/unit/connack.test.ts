@@ -1,5 +1,5 @@
 import { createServer, type AddressInfo } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { connect as mqttConnect, type IClientOptions, type MqttClient } from 'mqtt';
 import { AgentError } from '../../agent/errors/agent-error.js';
 import {
@@ -10,6 +10,7 @@ import {
   connectTimeoutError,
   isSubackFailure,
 } from '../../agent/mqtt/connack.js';
+import { useTeardown } from '../helpers/agent-harness.js';
 import { startFakeBroker, type FakeBroker, type FakeBrokerScript } from '../helpers/fake-mqtt-broker.js';
 
 /*
@@ -17,20 +18,17 @@ import { startFakeBroker, type FakeBroker, type FakeBrokerScript } from '../help
  * scripted broker on 127.0.0.1 that answers with the chosen CONNACK/SUBACK/PUBACK codes as bytes.
  */
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
+const t = useTeardown();
 
 async function fakeBroker(script: FakeBrokerScript): Promise<FakeBroker> {
   const broker = await startFakeBroker(script);
-  cleanups.push(() => broker.close());
+  t.add(() => broker.close());
   return broker;
 }
 
 function client(url: string, options: IClientOptions): MqttClient {
   const c = mqttConnect(url, { reconnectPeriod: 0, connectTimeout: 10_000, clientId: 'device-1', log: () => undefined, ...options });
-  cleanups.push(() => new Promise<void>((resolve) => c.end(true, {}, () => resolve())));
+  t.add(() => new Promise<void>((resolve) => c.end(true, {}, () => resolve())));
   return c;
 }
 

@@ -4,27 +4,20 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { readEncryptKey, readExternalKey } from '../../agent/credentials/credentials.js';
 import { stripOneTrailingNewline } from '../../agent/credentials/secret-file.js';
-import { AgentError } from '../../agent/errors/agent-error.js';
+import type { AgentError } from '../../agent/errors/agent-error.js';
 import { keyByName, loadVectors } from '../helpers/vectors.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { tempWorkDir, useTeardown } from '../helpers/agent-harness.js';
+import { rejectedAgentError } from '../helpers/agent-errors.js';
 
 const EXTERNAL_KEY = 'ek-3f1c2b9a-secret-value';
 const vectors = loadVectors();
 const K16 = keyByName(vectors, 'K16');
 const K32 = keyByName(vectors, 'K32');
 
-let cleanups: (() => void)[] = [];
+const t = useTeardown();
 afterEach(() => {
   vi.unstubAllEnvs();
-  for (const cleanup of cleanups) cleanup();
-  cleanups = [];
 });
-
-function tempDir(): string {
-  const { dir, cleanup } = makeTempDir('mgda-cred-');
-  cleanups.push(cleanup);
-  return dir;
-}
 
 /** Writes a file and sets its mode explicitly (the umask must not decide what is being tested). */
 function secretFile(dir: string, name: string, content: string, mode = 0o600): string {
@@ -32,16 +25,6 @@ function secretFile(dir: string, name: string, content: string, mode = 0o600): s
   writeFileSync(path, content);
   chmodSync(path, mode);
   return path;
-}
-
-async function rejection(promise: Promise<unknown>): Promise<AgentError> {
-  try {
-    await promise;
-  } catch (error) {
-    if (error instanceof AgentError) return error;
-    throw error;
-  }
-  throw new Error('expected an AgentError');
 }
 
 /** Neither the message nor the details of an error may carry the secret. */
@@ -53,15 +36,15 @@ function expectNoSecret(error: AgentError, secret: string): void {
 
 describe('readExternalKey', () => {
   it.each(['0600', '0400'])('reads a file with mode %s', async (modeText) => {
-    const dir = tempDir();
+    const dir = tempWorkDir(t, 'mgda-cred-');
     const file = secretFile(dir, 'external_key', `${EXTERNAL_KEY}\n`, Number.parseInt(modeText, 8));
     await expect(readExternalKey({ file, credentialsDirectory: '' })).resolves.toBe(EXTERNAL_KEY);
   });
 
   it.each(['0640', '0644', '0604', '0620', '0602', '0660'])('refuses mode %s and gives the chmod fix', async (modeText) => {
-    const dir = tempDir();
+    const dir = tempWorkDir(t, 'mgda-cred-');
     const file = secretFile(dir, 'external_key', `${EXTERNAL_KEY}\n`, Number.parseInt(modeText, 8));
-    const error = await rejection(readExternalKey({ file, credentialsDirectory: '' }));
+    const error = await rejectedAgentError(readExternalKey({ file, credentialsDirectory: '' }));
     expect(error.code).toBe('EXTERNAL_KEY_INSECURE_MODE');
     expect(error.message).toContain(`mode ${modeText}`);
     expect(error.message).toContain(`chmod 600 ${file}`);
@@ -69,35 +52,35 @@ describe('readExternalKey', () => {
   });
 
   it('a missing file is EXTERNAL_KEY_MISSING naming the path', async () => {
-    const file = join(tempDir(), 'external_key');
-    const error = await rejection(readExternalKey({ file, credentialsDirectory: '' }));
+    const file = join(tempWorkDir(t, 'mgda-cred-'), 'external_key');
+    const error = await rejectedAgentError(readExternalKey({ file, credentialsDirectory: '' }));
     expect(error.code).toBe('EXTERNAL_KEY_MISSING');
     expect(error.message).toContain(file);
     expect(error.details.path).toBe(file);
   });
 
   it('a directory is not a key file', async () => {
-    const file = join(tempDir(), 'external_key');
+    const file = join(tempWorkDir(t, 'mgda-cred-'), 'external_key');
     mkdirSync(file, { mode: 0o700 });
-    const error = await rejection(readExternalKey({ file, credentialsDirectory: '' }));
+    const error = await rejectedAgentError(readExternalKey({ file, credentialsDirectory: '' }));
     expect(error.code).toBe('EXTERNAL_KEY_MISSING');
     expect(error.message).toContain('not a regular file');
   });
 
   it('a FIFO is refused without blocking on it', async () => {
-    const file = join(tempDir(), 'external_key');
+    const file = join(tempWorkDir(t, 'mgda-cred-'), 'external_key');
     execFileSync('mkfifo', ['-m', '600', file]);
-    const error = await rejection(readExternalKey({ file, credentialsDirectory: '' }));
+    const error = await rejectedAgentError(readExternalKey({ file, credentialsDirectory: '' }));
     expect(error.code).toBe('EXTERNAL_KEY_MISSING');
     expect(error.message).toContain('not a regular file');
   });
 
   it('follows a symlink and checks the mode of the file it points to', async () => {
-    const dir = tempDir();
+    const dir = tempWorkDir(t, 'mgda-cred-');
     const target = secretFile(dir, 'real_key', `${EXTERNAL_KEY}\n`, 0o644);
     const link = join(dir, 'external_key');
     symlinkSync(target, link);
-    await expect(rejection(readExternalKey({ file: link, credentialsDirectory: '' }))).resolves.toMatchObject({
+    await expect(rejectedAgentError(readExternalKey({ file: link, credentialsDirectory: '' }))).resolves.toMatchObject({
       code: 'EXTERNAL_KEY_INSECURE_MODE',
     });
     chmodSync(target, 0o600);
@@ -110,8 +93,8 @@ describe('readExternalKey', () => {
     ['a file holding only CRLF', '\r\n'],
     ['a file of whitespace', '  \n'],
   ])('%s is EXTERNAL_KEY_EMPTY', async (_title, content) => {
-    const file = secretFile(tempDir(), 'external_key', content);
-    const error = await rejection(readExternalKey({ file, credentialsDirectory: '' }));
+    const file = secretFile(tempWorkDir(t, 'mgda-cred-'), 'external_key', content);
+    const error = await rejectedAgentError(readExternalKey({ file, credentialsDirectory: '' }));
     expect(error.code).toBe('EXTERNAL_KEY_EMPTY');
     expect(error.message).toContain(file);
   });
@@ -123,7 +106,7 @@ describe('readExternalKey', () => {
     ['trailing spaces are content', `${EXTERNAL_KEY} \n`, `${EXTERNAL_KEY} `],
     ['non-ASCII kept as UTF-8 text', 'clé-ключ\n', 'clé-ключ'],
   ])('%s', async (_title, content, expected) => {
-    const file = secretFile(tempDir(), 'external_key', content);
+    const file = secretFile(tempWorkDir(t, 'mgda-cred-'), 'external_key', content);
     await expect(readExternalKey({ file, credentialsDirectory: '' })).resolves.toBe(expected);
   });
 
@@ -132,40 +115,40 @@ describe('readExternalKey', () => {
     ['a CR left by an editor', `${EXTERNAL_KEY}\r\r\n`, 27],
     ['a tab inside', `ab\tcd`, 3],
   ])('%s is EXTERNAL_KEY_MALFORMED at start-up, with the position and not the key', async (_title, content, position) => {
-    const file = secretFile(tempDir(), 'external_key', content.replace(EXTERNAL_KEY, 'x'.repeat(26)));
-    const error = await rejection(readExternalKey({ file, credentialsDirectory: '' }));
+    const file = secretFile(tempWorkDir(t, 'mgda-cred-'), 'external_key', content.replace(EXTERNAL_KEY, 'x'.repeat(26)));
+    const error = await rejectedAgentError(readExternalKey({ file, credentialsDirectory: '' }));
     expect(error.code).toBe('EXTERNAL_KEY_MALFORMED');
     expect(error.message).toContain(`position ${position}`);
     expect(error.message).not.toContain('xxxx');
   });
 
   it('$CREDENTIALS_DIRECTORY/external_key wins over the configured file', async () => {
-    const credentialsDirectory = tempDir();
+    const credentialsDirectory = tempWorkDir(t, 'mgda-cred-');
     secretFile(credentialsDirectory, 'external_key', 'from-systemd\n', 0o400);
-    const file = secretFile(tempDir(), 'external_key', 'from-etc\n');
+    const file = secretFile(tempWorkDir(t, 'mgda-cred-'), 'external_key', 'from-etc\n');
     await expect(readExternalKey({ file, credentialsDirectory })).resolves.toBe('from-systemd');
   });
 
   it('takes CREDENTIALS_DIRECTORY from the environment by default', async () => {
-    const credentialsDirectory = tempDir();
+    const credentialsDirectory = tempWorkDir(t, 'mgda-cred-');
     secretFile(credentialsDirectory, 'external_key', 'from-systemd\n', 0o400);
-    const file = secretFile(tempDir(), 'external_key', 'from-etc\n');
+    const file = secretFile(tempWorkDir(t, 'mgda-cred-'), 'external_key', 'from-etc\n');
     vi.stubEnv('CREDENTIALS_DIRECTORY', credentialsDirectory);
     await expect(readExternalKey({ file })).resolves.toBe('from-systemd');
   });
 
   it('falls back to the configured file when the credentials directory has no external_key', async () => {
-    const credentialsDirectory = tempDir();
+    const credentialsDirectory = tempWorkDir(t, 'mgda-cred-');
     secretFile(credentialsDirectory, 'encrypt_key', `${K16.env_value}\n`, 0o400);
-    const file = secretFile(tempDir(), 'external_key', 'from-etc\n');
+    const file = secretFile(tempWorkDir(t, 'mgda-cred-'), 'external_key', 'from-etc\n');
     await expect(readExternalKey({ file, credentialsDirectory })).resolves.toBe('from-etc');
   });
 
   it('checks the mode of a credential file too', async () => {
-    const credentialsDirectory = tempDir();
+    const credentialsDirectory = tempWorkDir(t, 'mgda-cred-');
     const credential = secretFile(credentialsDirectory, 'external_key', `${EXTERNAL_KEY}\n`, 0o444);
-    const file = secretFile(tempDir(), 'external_key', 'from-etc\n');
-    const error = await rejection(readExternalKey({ file, credentialsDirectory }));
+    const file = secretFile(tempWorkDir(t, 'mgda-cred-'), 'external_key', 'from-etc\n');
+    const error = await rejectedAgentError(readExternalKey({ file, credentialsDirectory }));
     expect(error.code).toBe('EXTERNAL_KEY_INSECURE_MODE');
     expect(error.message).toContain(credential);
     expectNoSecret(error, EXTERNAL_KEY);
@@ -174,15 +157,15 @@ describe('readExternalKey', () => {
 
 describe('readEncryptKey', () => {
   it('reads the raw UTF-8 key bytes from a file, one newline stripped', async () => {
-    const file = secretFile(tempDir(), 'encrypt_key', `${K32.env_value}\n`);
+    const file = secretFile(tempWorkDir(t, 'mgda-cred-'), 'encrypt_key', `${K32.env_value}\n`);
     const key = await readEncryptKey({ file, env: {}, credentialsDirectory: '' });
     expect(key?.toString('hex')).toBe(K32.aes_key_hex);
   });
 
   it('$CREDENTIALS_DIRECTORY/encrypt_key wins over file and environment, and the variable is still removed', async () => {
-    const credentialsDirectory = tempDir();
+    const credentialsDirectory = tempWorkDir(t, 'mgda-cred-');
     secretFile(credentialsDirectory, 'encrypt_key', `${K16.env_value}\n`, 0o400);
-    const file = secretFile(tempDir(), 'encrypt_key', `${K32.env_value}\n`);
+    const file = secretFile(tempWorkDir(t, 'mgda-cred-'), 'encrypt_key', `${K32.env_value}\n`);
     const env: NodeJS.ProcessEnv = { CREDENTIALS_DIRECTORY: credentialsDirectory, MG_AGENT_BOOTSTRAP_ENCRYPT_KEY: K32.env_value };
     const key = await readEncryptKey({ file, env });
     expect(key?.toString('hex')).toBe(K16.aes_key_hex);
@@ -190,7 +173,7 @@ describe('readEncryptKey', () => {
   });
 
   it('the file wins over the environment', async () => {
-    const file = secretFile(tempDir(), 'encrypt_key', `${K16.env_value}\n`);
+    const file = secretFile(tempWorkDir(t, 'mgda-cred-'), 'encrypt_key', `${K16.env_value}\n`);
     const env: NodeJS.ProcessEnv = { MG_AGENT_BOOTSTRAP_ENCRYPT_KEY: K32.env_value };
     const key = await readEncryptKey({ file, env, credentialsDirectory: '' });
     expect(key?.toString('hex')).toBe(K16.aes_key_hex);
@@ -238,7 +221,7 @@ describe('readEncryptKey', () => {
     for (const [title, value] of badKeys) {
       it(`${title} from the environment`, async () => {
         const env: NodeJS.ProcessEnv = { MG_AGENT_BOOTSTRAP_ENCRYPT_KEY: value };
-        const error = await rejection(readEncryptKey({ env, credentialsDirectory: '' }));
+        const error = await rejectedAgentError(readEncryptKey({ env, credentialsDirectory: '' }));
         expect(error.code).toBe('ENCRYPT_KEY_INVALID');
         expect(error.message).toContain(`${Buffer.byteLength(value)} bytes`);
         expect(error.message).toContain('MG_AGENT_BOOTSTRAP_ENCRYPT_KEY');
@@ -247,8 +230,8 @@ describe('readEncryptKey', () => {
       });
 
       it(`${title} from a file`, async () => {
-        const file = secretFile(tempDir(), 'encrypt_key', `${value}\n`);
-        const error = await rejection(readEncryptKey({ file, env: {}, credentialsDirectory: '' }));
+        const file = secretFile(tempWorkDir(t, 'mgda-cred-'), 'encrypt_key', `${value}\n`);
+        const error = await rejectedAgentError(readEncryptKey({ file, env: {}, credentialsDirectory: '' }));
         expect(error.code).toBe('ENCRYPT_KEY_INVALID');
         expect(error.message).toContain(`${Buffer.byteLength(value)} bytes`);
         expect(error.message).toContain(file);
@@ -258,15 +241,15 @@ describe('readEncryptKey', () => {
   });
 
   it('only one trailing newline is stripped: a second one makes the key 17 bytes', async () => {
-    const file = secretFile(tempDir(), 'encrypt_key', `${K16.env_value}\n\n`);
-    const error = await rejection(readEncryptKey({ file, env: {}, credentialsDirectory: '' }));
+    const file = secretFile(tempWorkDir(t, 'mgda-cred-'), 'encrypt_key', `${K16.env_value}\n\n`);
+    const error = await rejectedAgentError(readEncryptKey({ file, env: {}, credentialsDirectory: '' }));
     expect(error.code).toBe('ENCRYPT_KEY_INVALID');
     expect(error.message).toContain('17 bytes');
   });
 
   it('refuses a key file readable by others, with the chmod fix', async () => {
-    const file = secretFile(tempDir(), 'encrypt_key', `${K32.env_value}\n`, 0o644);
-    const error = await rejection(readEncryptKey({ file, env: {}, credentialsDirectory: '' }));
+    const file = secretFile(tempWorkDir(t, 'mgda-cred-'), 'encrypt_key', `${K32.env_value}\n`, 0o644);
+    const error = await rejectedAgentError(readEncryptKey({ file, env: {}, credentialsDirectory: '' }));
     expect(error.code).toBe('ENCRYPT_KEY_INVALID');
     expect(error.message).toContain('mode 0644');
     expect(error.message).toContain(`chmod 600 ${file}`);
@@ -274,17 +257,17 @@ describe('readEncryptKey', () => {
   });
 
   it('a configured file that is missing is an error, not a silent fall-back to the environment', async () => {
-    const file = join(tempDir(), 'encrypt_key');
+    const file = join(tempWorkDir(t, 'mgda-cred-'), 'encrypt_key');
     const env: NodeJS.ProcessEnv = { MG_AGENT_BOOTSTRAP_ENCRYPT_KEY: K32.env_value };
-    const error = await rejection(readEncryptKey({ file, env, credentialsDirectory: '' }));
+    const error = await rejectedAgentError(readEncryptKey({ file, env, credentialsDirectory: '' }));
     expect(error.code).toBe('ENCRYPT_KEY_INVALID');
     expect(error.message).toContain(file);
     expect('MG_AGENT_BOOTSTRAP_ENCRYPT_KEY' in env).toBe(false);
   });
 
   it('an empty key file is refused', async () => {
-    const file = secretFile(tempDir(), 'encrypt_key', '\n');
-    const error = await rejection(readEncryptKey({ file, env: {}, credentialsDirectory: '' }));
+    const file = secretFile(tempWorkDir(t, 'mgda-cred-'), 'encrypt_key', '\n');
+    const error = await rejectedAgentError(readEncryptKey({ file, env: {}, credentialsDirectory: '' }));
     expect(error.code).toBe('ENCRYPT_KEY_INVALID');
     expect(error.message).toContain('empty');
   });

@@ -3,21 +3,11 @@ import { describe, expect, it } from 'vitest';
 import { cipherName, decryptCfb, encryptCfb, openSecureToken, parseEncryptKey, secureToken } from '../../agent/bootstrap/crypto.js';
 import { BootstrapClient } from '../../agent/bootstrap/client.js';
 import { authorizationHeader } from '../../agent/bootstrap/wire.js';
-import { AgentError } from '../../agent/errors/agent-error.js';
-import { keyByName, loadVectors, VECTORS_PATH } from '../helpers/vectors.js';
+import { aesKeyByName, keyByName, loadVectors, VECTORS_PATH } from '../helpers/vectors.js';
+import { thrownAgentError } from '../helpers/agent-errors.js';
 
 const vectors = loadVectors();
-const aesKey = (name: string): Buffer => Buffer.from(keyByName(vectors, name).aes_key_hex, 'hex');
-
-function thrown(fn: () => unknown): AgentError {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof AgentError) return err;
-    throw err;
-  }
-  throw new Error('expected an AgentError, nothing was thrown');
-}
+const aesKey = (name: string): Buffer => aesKeyByName(vectors, name);
 
 describe('vector file', () => {
   const shared = new URL('../../../shared/vectors/bootstrap-vectors.json', import.meta.url).pathname;
@@ -50,7 +40,7 @@ describe('encryption keys', () => {
 
   it.each([0, 1, 15, 17, 31, 33, 50])('a %i-byte key is refused with ENCRYPT_KEY_INVALID', (length) => {
     const value = 'k'.repeat(length);
-    const err = thrown(() => parseEncryptKey(value));
+    const err = thrownAgentError(() => parseEncryptKey(value));
     expect(err.code).toBe('ENCRYPT_KEY_INVALID');
     expect(err.message).toContain(`${length} bytes`);
   });
@@ -89,8 +79,8 @@ describe('request tokens (every request vector)', () => {
   });
 
   it('the client refuses to send an empty external key (the empty-key vectors can never authenticate)', () => {
-    expect(thrown(() => authorizationHeader('clients', 'secure', '', aesKey('K32'))).code).toBe('EXTERNAL_KEY_EMPTY');
-    expect(thrown(() => authorizationHeader('clients', 'plain', '')).code).toBe('EXTERNAL_KEY_EMPTY');
+    expect(thrownAgentError(() => authorizationHeader('clients', 'secure', '', aesKey('K32'))).code).toBe('EXTERNAL_KEY_EMPTY');
+    expect(thrownAgentError(() => authorizationHeader('clients', 'plain', '')).code).toBe('EXTERNAL_KEY_EMPTY');
   });
 });
 
@@ -147,12 +137,12 @@ describe('negative vectors (every one)', () => {
       }
       case 'neg-server-key-50-bytes': {
         const serverKey = n.server_key as string;
-        const err = thrown(() => parseEncryptKey(serverKey));
+        const err = thrownAgentError(() => parseEncryptKey(serverKey));
         expect(err.code).toBe('ENCRYPT_KEY_INVALID');
         expect(err.message).toContain('50 bytes');
         expect(err.message).not.toContain(serverKey);
         expect(JSON.stringify(err.toLog())).not.toContain(serverKey);
-        const clientErr = thrown(
+        const clientErr = thrownAgentError(
           () =>
             new BootstrapClient({
               baseUrl: 'http://127.0.0.1:9013',
@@ -178,9 +168,9 @@ describe('negative vectors (every one)', () => {
         break;
       }
       case 'neg-resp-truncated': {
-        const err = thrown(() => decryptCfb(K32, Buffer.from(n.input_hex as string, 'hex')));
+        const err = thrownAgentError(() => decryptCfb(K32, Buffer.from(n.input_hex as string, 'hex')));
         expect(err.code).toBe('BOOTSTRAP_RESPONSE_UNDECRYPTABLE');
-        expect(thrown(() => decryptCfb(K32, Buffer.alloc(16))).code).toBe('BOOTSTRAP_RESPONSE_UNDECRYPTABLE');
+        expect(thrownAgentError(() => decryptCfb(K32, Buffer.alloc(16))).code).toBe('BOOTSTRAP_RESPONSE_UNDECRYPTABLE');
         break;
       }
       case 'neg-resp-wrong-key': {

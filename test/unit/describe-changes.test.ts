@@ -1,16 +1,10 @@
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { DeviceConfig } from '../../agent/bootstrap/model.js';
 import { describeChanges } from '../../agent/diagnostics/describe-changes.js';
 import { formatStatus, type StatusReport } from '../../agent/diagnostics/status-report.js';
-import { makeTestCerts, type TestCerts } from '../helpers/test-certs.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { usePki } from '../helpers/agent-harness.js';
 
-let pki: TestCerts;
-beforeAll(() => {
-  const { dir, cleanup } = makeTempDir('mgda-describe-pki-');
-  pki = makeTestCerts(dir);
-  return cleanup;
-});
+const pki = usePki('mgda-describe-pki-');
 
 function base(): DeviceConfig {
   return {

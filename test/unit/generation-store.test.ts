@@ -15,23 +15,19 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { DeviceConfig } from '../../agent/bootstrap/model.js';
-import { AgentError } from '../../agent/errors/agent-error.js';
-import { createLogger, type Logger } from '../../agent/logging/logger.js';
+import type { Logger } from '../../agent/logging/logger.js';
 import type { Fs } from '../../agent/storage/atomic-write.js';
 import { GenerationStore, type Generation } from '../../agent/storage/generation-store.js';
 import { faultyFs } from '../helpers/faulty-fs.js';
-import { makeTestPki, pemBody, type TestPki } from '../helpers/openssl-pki.js';
+import { captureLogger } from '../helpers/log-capture.js';
+import { useTestPki, pemBody } from '../helpers/openssl-pki.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
-import { loadVectors } from '../helpers/vectors.js';
+import { loadVectors, responseVectorById } from '../helpers/vectors.js';
+import { rejectedAgentError } from '../helpers/agent-errors.js';
 
-let pki: TestPki;
-let cleanupPki: () => void;
-beforeAll(() => {
-  ({ pki, cleanup: cleanupPki } = makeTestPki());
-});
-afterAll(() => cleanupPki());
+const pki = useTestPki();
 
 let root: string;
 let stateDir: string;
@@ -45,17 +41,7 @@ beforeEach(() => {
   ({ dir: root, cleanup: cleanupRoot } = makeTempDir('mgda-store-'));
   stateDir = join(root, 'state');
   savedUmask = process.umask();
-  logLines = [];
-  logText = [];
-  logger = createLogger({
-    level: 'debug',
-    destination: {
-      write(line: string) {
-        logText.push(line);
-        logLines.push(JSON.parse(line) as Record<string, unknown>);
-      },
-    },
-  });
+  ({ logger, lines: logLines, raw: logText } = captureLogger());
 });
 afterEach(() => {
   process.umask(savedUmask);
@@ -64,7 +50,7 @@ afterEach(() => {
 
 const MQTT_PASSWORD = '30c775d7-3504-42c6-976c-52c02474bf2f';
 const V030_CONTENT = (() => {
-  const vector = loadVectors().response_vectors.find((v) => v.id === 'resp-K32-v030-full')!;
+  const vector = responseVectorById(loadVectors(), 'resp-K32-v030-full');
   return (JSON.parse(vector.plain_endpoint_body) as { content: string }).content;
 })();
 const FETCHED_AT = new Date('2026-01-02T03:04:05.678Z');
@@ -102,16 +88,6 @@ async function writeAndPromote(store: GenerationStore, config: DeviceConfig): Pr
   const gen = await store.writeCandidate(config, { externalId: 'dc:a6:32:01:02:03', fetchedAt: FETCHED_AT });
   await store.promote(gen);
   return gen;
-}
-
-async function captureError(run: () => Promise<unknown>): Promise<AgentError> {
-  try {
-    await run();
-  } catch (error) {
-    if (error instanceof AgentError) return error;
-    throw error;
-  }
-  throw new Error('expected an AgentError, nothing was thrown');
 }
 
 function modeOf(path: string): number {
@@ -363,7 +339,7 @@ describe('writeCandidate refuses bad certificates before touching the disk', () 
       await writeAndPromote(store, ecConfig());
       const before = snapshot();
 
-      const error = await captureError(() => store.writeCandidate(makeConfig(), { externalId: 'x', fetchedAt: FETCHED_AT }));
+      const error = await rejectedAgentError(() => store.writeCandidate(makeConfig(), { externalId: 'x', fetchedAt: FETCHED_AT }));
 
       expect(error.code).toBe(code);
       expect(error.message).toMatch(message);
@@ -393,7 +369,7 @@ describe('a failure while writing a generation', () => {
       let armed = true;
       const broken = newStore({ fs: faultyFs((op, path) => (armed ? rule(op, path) : undefined), { maxWriteBytes: 64 }) });
 
-      const error = await captureError(() => broken.writeCandidate(ecConfig(), { externalId: 'x', fetchedAt: FETCHED_AT }));
+      const error = await rejectedAgentError(() => broken.writeCandidate(ecConfig(), { externalId: 'x', fetchedAt: FETCHED_AT }));
 
       expect(error.code).toBe('STORAGE_WRITE_FAILED');
       expect(error.details.osCode).toBe(osCode);
@@ -413,7 +389,7 @@ describe('a failure while writing a generation', () => {
     await writeAndPromote(store, rsaConfig());
     const broken = newStore({ fs: faultyFs((op, path) => (op === 'rename' && path.endsWith('/current') ? 'EROFS' : undefined)) });
     const candidate = await broken.writeCandidate(ecConfig(), { externalId: 'x', fetchedAt: FETCHED_AT });
-    const error = await captureError(() => broken.promote(candidate));
+    const error = await rejectedAgentError(() => broken.promote(candidate));
     expect(error.code).toBe('STORAGE_WRITE_FAILED');
     expect(error.details.osCode).toBe('EROFS');
     expect(readlinkSync(join(stateDir, 'current'))).toBe('generations/000001');
@@ -464,7 +440,7 @@ describe('pruning and discarding', () => {
     const candidate = await store.writeCandidate(ecConfig(), { externalId: 'x', fetchedAt: FETCHED_AT });
     await store.discard(candidate);
     expect(snapshot()).toEqual(before);
-    const error = await captureError(() => store.discard(current));
+    const error = await rejectedAgentError(() => store.discard(current));
     expect(error.code).toBe('INTERNAL');
     expect(snapshot()).toEqual(before);
   });
@@ -705,7 +681,7 @@ describe('secrets', () => {
     expect(warnings()).toHaveLength(0);
     expect((await newStore().loadCurrent())?.id).toBe(2);
     expect(warnings()).toHaveLength(1);
-    await captureError(() => store.writeCandidate(rsaConfig({ certs: { ...rsaConfig().certs, clientKey: pki.unrelatedRsaKeyPem } }), { externalId: 'x', fetchedAt: FETCHED_AT }));
+    await rejectedAgentError(() => store.writeCandidate(rsaConfig({ certs: { ...rsaConfig().certs, clientKey: pki.unrelatedRsaKeyPem } }), { externalId: 'x', fetchedAt: FETCHED_AT }));
     expect(logLines.length).toBeGreaterThan(3);
     expectLogsFreeOfSecrets();
   });

@@ -1,9 +1,9 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { listInterfaces, type SiNetworkInterface } from '../../agent/identity/list-interfaces.js';
 import { chooseInterface } from '../../agent/identity/choose-interface.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { tempWorkDir, useTeardown } from '../helpers/agent-harness.js';
 
 interface FakeSysfsInterface {
   address: string;
@@ -15,16 +15,11 @@ interface FakeSysfsInterface {
   wirelessMarker?: 'wireless' | 'phy80211';
 }
 
-let cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const cleanup of cleanups) cleanup();
-  cleanups = [];
-});
+const t = useTeardown();
 
 /** A /sys/class/net look-alike with the files list-interfaces reads. */
 function makeSysfs(interfaces: Record<string, FakeSysfsInterface>): string {
-  const { dir, cleanup } = makeTempDir('mgda-sysfs-');
-  cleanups.push(cleanup);
+  const dir = tempWorkDir(t, 'mgda-sysfs-');
   for (const [name, facts] of Object.entries(interfaces)) {
     const ifDir = join(dir, name);
     mkdirSync(ifDir);

@@ -1,41 +1,30 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterEach, describe, expect, it } from 'vitest';
-import { createLogger } from '../../agent/logging/logger.js';
+import { describe, expect, it } from 'vitest';
 import { OnApplyRunner, type AppliedChange } from '../../agent/updates/on-apply.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { K32_ENCRYPT_KEY, tempWorkDir, useTeardown } from '../helpers/agent-harness.js';
+import { captureLogger } from '../helpers/log-capture.js';
 
 /* The operator's onApply command as a real child process: its environment, its output, its limits. */
 
-const cleanups: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const fn of cleanups.splice(0).reverse()) await fn();
-});
+const t = useTeardown();
 
 function setup(script: string, options: { timeoutMs?: number; baseEnv?: NodeJS.ProcessEnv; maxLogLines?: number } = {}) {
-  const { dir, cleanup } = makeTempDir('mgda-onapply-');
-  cleanups.push(cleanup);
+  const dir = tempWorkDir(t, 'mgda-onapply-');
   const program = join(dir, 'hook.sh');
   writeFileSync(program, `#!/bin/sh\n${script}\n`, { mode: 0o755 });
-  const lines: Record<string, unknown>[] = [];
-  const destination = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      for (const l of chunk.toString('utf8').split('\n')) if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
-      cb();
-    },
-  });
+  const { logger, lines } = captureLogger();
   const runner = new OnApplyRunner({
     command: [program, dir],
     timeoutMs: options.timeoutMs ?? 10_000,
-    logger: createLogger({ level: 'debug', destination }),
+    logger,
     baseEnv: options.baseEnv ?? { PATH: process.env.PATH },
     killGraceMs: 300,
     ...(options.maxLogLines ? { maxLogLines: options.maxLogLines } : {}),
   });
-  cleanups.push(() => runner.stop());
-  return { dir, runner, lines, messages: () => lines.map((l) => String(l['msg'])) };
+  t.add(() => runner.stop());
+  return { dir, runner, lines, logger, messages: () => lines.map((l) => String(l['msg'])) };
 }
 
 const change: AppliedChange = {
@@ -83,7 +72,7 @@ describe('onApply command', () => {
       baseEnv: {
         PATH: process.env.PATH,
         LANG: 'C.UTF-8',
-        MG_AGENT_BOOTSTRAP_ENCRYPT_KEY: 'v7aT0HGxJxt2gULzr3RHwf4WIf6DusPp',
+        MG_AGENT_BOOTSTRAP_ENCRYPT_KEY: K32_ENCRYPT_KEY,
         MG_AGENT_BOOTSTRAP_URL: 'http://bootstrap:9013',
         NOTIFY_SOCKET: '/run/systemd/notify',
         WATCHDOG_USEC: '30000000',
@@ -94,7 +83,7 @@ describe('onApply command', () => {
     await runner.run(change);
     const text = readFileSync(join(dir, 'env.txt'), 'utf8');
     expect(text).toContain('LANG=C.UTF-8');
-    for (const leaked of ['v7aT0HGxJxt2gULzr3RHwf4WIf6DusPp', 'MG_AGENT_BOOTSTRAP_URL', 'NOTIFY_SOCKET', 'WATCHDOG_', 'CREDENTIALS_DIRECTORY']) {
+    for (const leaked of [K32_ENCRYPT_KEY, 'MG_AGENT_BOOTSTRAP_URL', 'NOTIFY_SOCKET', 'WATCHDOG_', 'CREDENTIALS_DIRECTORY']) {
       expect(text).not.toContain(leaked);
     }
   });
@@ -133,19 +122,11 @@ describe('onApply command', () => {
   });
 
   it('a program that does not exist is a warning, not a crash', async () => {
-    const { dir, lines } = setup('true');
+    const { dir, lines, logger } = setup('true');
     const runner = new OnApplyRunner({
       command: [join(dir, 'no-such-program')],
       timeoutMs: 1_000,
-      logger: createLogger({
-        level: 'debug',
-        destination: new Writable({
-          write(chunk: Buffer, _e, cb) {
-            lines.push(JSON.parse(chunk.toString('utf8')) as Record<string, unknown>);
-            cb();
-          },
-        }),
-      }),
+      logger,
     });
     expect((await runner.run(change)).outcome).toBe('spawn-failed');
     expect(lines.find((l) => l['level'] === 'warn')).toMatchObject({ code: 'ON_APPLY_FAILED', errno: 'ENOENT' });

@@ -1,17 +1,11 @@
 import { execFileSync } from 'node:child_process';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentError } from '../../agent/errors/agent-error.js';
+import { describe, expect, it } from 'vitest';
 import { certificateInfo, keyMatchesCertificate, toPem } from '../../agent/storage/pem.js';
-import { makeTestPki, pemBody, type TestPki } from '../helpers/openssl-pki.js';
-import { loadVectors } from '../helpers/vectors.js';
+import { useTestPki, pemBody } from '../helpers/openssl-pki.js';
+import { loadVectors, responseVectorById } from '../helpers/vectors.js';
+import { thrownAgentError } from '../helpers/agent-errors.js';
 
-let pki: TestPki;
-let cleanupPki: () => void;
-
-beforeAll(() => {
-  ({ pki, cleanup: cleanupPki } = makeTestPki());
-});
-afterAll(() => cleanupPki());
+const pki = useTestPki();
 
 function crlf(text: string): string {
   return text.replace(/\n/g, '\r\n');
@@ -20,16 +14,6 @@ function crlf(text: string): string {
 /** Base64 re-wrapped at 76 columns with stray spaces, as some tools and hand edits produce it. */
 function messyBase64(b64: string): string {
   return `  ${(b64.match(/.{1,76}/g) ?? []).join(' \r\n')}\n\n`;
-}
-
-function captureError(run: () => unknown): AgentError {
-  try {
-    run();
-  } catch (error) {
-    if (error instanceof AgentError) return error;
-    throw error;
-  }
-  throw new Error('expected an AgentError, nothing was thrown');
 }
 
 /** Fails when any 24-character stretch of the secret's base64 shows up in the text. */
@@ -78,7 +62,7 @@ describe('toPem: certificates', () => {
       [Buffer.from('30030201ff', 'hex').toString('base64'), /does not parse as X\.509/],
     ];
     for (const [value, reason] of cases) {
-      const error = captureError(() => toPem(value, 'certificate', 'ca_cert'));
+      const error = thrownAgentError(() => toPem(value, 'certificate', 'ca_cert'));
       expect(error.code).toBe('CERT_INVALID');
       expect(error.details.field).toBe('ca_cert');
       expect(error.message).toMatch(/^ca_cert: /);
@@ -87,18 +71,18 @@ describe('toPem: certificates', () => {
   });
 
   it('refuses a private key given as a certificate without echoing it', () => {
-    const error = captureError(() => toPem(pki.rsa.keyPkcs8Pem, 'certificate', 'client_cert'));
+    const error = thrownAgentError(() => toPem(pki.rsa.keyPkcs8Pem, 'certificate', 'client_cert'));
     expect(error.code).toBe('CERT_INVALID');
     expect(error.message).toBe('client_cert: expected certificates but found a private key');
     expectNoKeyMaterial(JSON.stringify(error.toLog()), pki.rsa.keyPkcs8Pem);
   });
 
   it('refuses the placeholder certificates of the upstream v0.30 vector', () => {
-    const vector = loadVectors().response_vectors.find((v) => v.id === 'resp-K32-v030-full')!;
+    const vector = responseVectorById(loadVectors(), 'resp-K32-v030-full');
     const body = JSON.parse(vector.plain_endpoint_body) as Record<string, string>;
-    expect(captureError(() => toPem(body.client_cert!, 'certificate', 'client_cert')).message).toMatch(/^client_cert: /);
-    expect(captureError(() => toPem(body.ca_cert!, 'certificate', 'ca_cert')).message).toMatch(/^ca_cert: /);
-    const keyError = captureError(() => toPem(body.client_key!, 'private key'));
+    expect(thrownAgentError(() => toPem(body.client_cert!, 'certificate', 'client_cert')).message).toMatch(/^client_cert: /);
+    expect(thrownAgentError(() => toPem(body.ca_cert!, 'certificate', 'ca_cert')).message).toMatch(/^ca_cert: /);
+    const keyError = thrownAgentError(() => toPem(body.client_key!, 'private key'));
     expect(keyError.code).toBe('CERT_INVALID');
     expect(keyError.message).toMatch(/^client_key: /);
     expect(keyError.message).not.toContain('TESTVECTORONLY');
@@ -139,7 +123,7 @@ describe('toPem: private keys', () => {
       ['30c775d7-3504-42c6-976c-52c02474bf2f', '', /neither PEM nor base64/],
     ];
     for (const [value, secret, reason] of cases) {
-      const error = captureError(() => toPem(value, 'private key', 'client_key'));
+      const error = thrownAgentError(() => toPem(value, 'private key', 'client_key'));
       expect(error.code).toBe('CERT_INVALID');
       expect(error.details.field).toBe('client_key');
       expect(error.message).toMatch(reason);
@@ -150,7 +134,7 @@ describe('toPem: private keys', () => {
   });
 
   it('refuses well-formed DER that is no private key', () => {
-    const error = captureError(() => toPem(pki.rsa.certDerBase64, 'private key', 'client_key'));
+    const error = thrownAgentError(() => toPem(pki.rsa.certDerBase64, 'private key', 'client_key'));
     expect(error.code).toBe('CERT_INVALID');
     expect(error.message).toBe('client_key: DER does not parse as a PKCS#8, PKCS#1 RSA or SEC1 EC private key');
   });

@@ -1,15 +1,14 @@
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { AgentConfigSchema } from '../../agent/config/schema.js';
 import type { DeviceConfig } from '../../agent/bootstrap/model.js';
-import { createLogger } from '../../agent/logging/logger.js';
 import { encodeControlResponse, parseControlRequest, responseTopicFor, MAX_REQUEST_BYTES } from '../../agent/control/senml.js';
 import { RateWindow, pickControlChannel, tokenMatches } from '../../agent/control/guards.js';
 import { BOOTSTRAP_COOLDOWN_MS, RemoteControl, executeCommand, type ControlGeneration, type ControlTarget } from '../../agent/control/remote-control.js';
 import { readControlSecret } from '../../agent/control/secret.js';
 import type { AgentError } from '../../agent/errors/agent-error.js';
+import { captureLogger } from '../helpers/log-capture.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
 
 const json = (value: unknown) => Buffer.from(JSON.stringify(value));
@@ -88,7 +87,7 @@ function harness(options: { secret?: string; now?: () => number } = {}) {
   const published: { topic: string; payload: string }[] = [];
   const fallback: string[] = [];
   const updates: string[] = [];
-  const logLines: string[] = [];
+  const { logger, raw: logLines } = captureLogger('info');
   let generation: ControlGeneration = { id: 4, config: device, fetchedAt: new Date('2025-01-01T00:00:00Z') };
   const target: ControlTarget = {
     publish: async (topic, payload) => {
@@ -98,15 +97,6 @@ function harness(options: { secret?: string; now?: () => number } = {}) {
     status: () => ({ state: 'online', generation: 4 }),
     generation: () => generation,
   };
-  const logger = createLogger({
-    level: 'info',
-    destination: new Writable({
-      write(chunk, _enc, done) {
-        logLines.push(String(chunk));
-        done();
-      },
-    }),
-  });
   const control = new RemoteControl({
     config,
     target,
@@ -191,12 +181,12 @@ describe('RemoteControl', () => {
 
   it('without a control channel every message goes to the fallback, and that is logged once', async () => {
     const h = harness();
-    const logLines: string[] = [];
+    const { logger, raw: logLines } = captureLogger('info');
     const control = new RemoteControl({
       config,
       target: { publish: async () => undefined, requestUpdate: () => undefined, status: () => ({}), generation: () => undefined },
       fallback: { handle: (m) => void h.fallback.push(m.topic) },
-      logger: createLogger({ level: 'info', destination: { write: (line: string) => void logLines.push(line) } }),
+      logger,
     });
     const plain = { ...device, channels: [{ id: 'ch-data', name: 'telemetry' }] };
     control.useGeneration({ id: 1, config: plain, fetchedAt: new Date() });

@@ -2,19 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { resolveIdentity, type PersistedIdentity } from '../../agent/identity/resolve-identity.js';
 import type { InterfaceFacts } from '../../agent/identity/choose-interface.js';
 import { IdentitySchema } from '../../agent/config/schema.js';
-import { createLogger } from '../../agent/logging/logger.js';
 import { AgentError } from '../../agent/errors/agent-error.js';
-
-type LogLine = { level: string; msg: string } & Record<string, unknown>;
-
-function captureLogger() {
-  const lines: LogLine[] = [];
-  const logger = createLogger({
-    level: 'debug',
-    destination: { write: (line: string) => void lines.push(JSON.parse(line) as LogLine) },
-  });
-  return { logger, lines, at: (level: string) => lines.filter((line) => line.level === level) };
-}
+import { captureLogger } from '../helpers/log-capture.js';
 
 function nic(name: string, mac: string, extra: Partial<InterfaceFacts> = {}): InterfaceFacts {
   return { name, mac, internal: false, virtual: false, wireless: false, addrAssignType: 0, ...extra };

@@ -1,20 +1,17 @@
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createLogger } from '../../agent/logging/logger.js';
 import type { RuntimeStatus } from '../../agent/lifecycle/agent-runtime.js';
 import { StatusFileSchema } from '../../agent/lifecycle/status-file.js';
 import { StatusFileWriter } from '../../agent/lifecycle/status-writer.js';
 import { nodeFs, type Fs } from '../../agent/storage/atomic-write.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { tempWorkDir, useTeardown } from '../helpers/agent-harness.js';
 
 /* status.json on disk: what the `status` command reads, how often it is written, what it never holds. */
 
-const cleanups: (() => void)[] = [];
-afterEach(() => {
-  for (const fn of cleanups.splice(0)) fn();
-});
+const t = useTeardown();
 
 function snapshot(state: RuntimeStatus['state'], generation: number | null = 3): RuntimeStatus {
   return {
@@ -39,8 +36,7 @@ function countingFs(): { fs: Fs; writes: () => number } {
 }
 
 function setup(minIntervalMs: number) {
-  const { dir, cleanup } = makeTempDir('mgda-status-');
-  cleanups.push(cleanup);
+  const dir = tempWorkDir(t, 'mgda-status-');
   const counting = countingFs();
   const writer = new StatusFileWriter({ stateDir: dir, logger: createLogger({ level: 'silent' }), minIntervalMs, pid: 4242, fs: counting.fs });
   const path = join(dir, 'status.json');

@@ -1,20 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { AgentError } from '../../agent/errors/agent-error.js';
 import { channelFilter, channelTopic, parseChannelTopic, pickStatusChannel } from '../../agent/mqtt/topics.js';
 import { offlineStatus, onlineStatus, statusWill } from '../../agent/mqtt/status.js';
+import { thrownAgentError } from '../helpers/agent-errors.js';
 
 const DOMAIN = 'b4d0d5c1-7d7a-4b1e-9a59-0f1a6f0a2c11';
 const CHANNEL = '0d8a2bcf-5a40-44f7-a7a5-5e9f2a1f9b01';
-
-function thrown(fn: () => unknown): AgentError {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof AgentError) return err;
-    throw err;
-  }
-  throw new Error('expected an AgentError');
-}
 
 describe('channelTopic', () => {
   it('builds the v0.17+ domain topic, with and without a subtopic', () => {
@@ -32,27 +22,27 @@ describe('channelTopic', () => {
 
   it('refuses the domain scheme without a domain, naming the setting to fix', () => {
     for (const missing of [undefined, '']) {
-      const error = thrown(() => channelTopic('domain', missing, CHANNEL));
+      const error = thrownAgentError(() => channelTopic('domain', missing, CHANNEL));
       expect(error.code).toBe('BOOTSTRAP_CONFIG_INCOMPLETE');
       expect(error.message).toContain('mqtt.domainId');
     }
   });
 
   it.each(['a/b', 'a+', '#', 'a\u0000b', ''])('refuses channel ID %j that would change the topic structure', (bad) => {
-    const error = thrown(() => channelTopic('domain', DOMAIN, bad));
+    const error = thrownAgentError(() => channelTopic('domain', DOMAIN, bad));
     expect(error.code).toBe('BOOTSTRAP_RESPONSE_INVALID');
     expect(error.details['field']).toBe('channelId');
-    expect(thrown(() => channelTopic('legacy', undefined, bad)).code).toBe('BOOTSTRAP_RESPONSE_INVALID');
+    expect(thrownAgentError(() => channelTopic('legacy', undefined, bad)).code).toBe('BOOTSTRAP_RESPONSE_INVALID');
   });
 
   it.each(['d/x', 'd+', 'd#', 'd\u0000'])('refuses domain ID %j', (bad) => {
-    const error = thrown(() => channelTopic('domain', bad, CHANNEL));
+    const error = thrownAgentError(() => channelTopic('domain', bad, CHANNEL));
     expect(error.code).toBe('BOOTSTRAP_RESPONSE_INVALID');
     expect(error.details['field']).toBe('domainId');
   });
 
   it.each(['a/+', '#', 'a\u0000', '/status', 'status/', 'a//b', ''])('refuses subtopic %j', (bad) => {
-    expect(thrown(() => channelTopic('domain', DOMAIN, CHANNEL, bad)).code).toBe('CONFIG_INVALID');
+    expect(thrownAgentError(() => channelTopic('domain', DOMAIN, CHANNEL, bad)).code).toBe('CONFIG_INVALID');
   });
 });
 
@@ -63,8 +53,8 @@ describe('channelFilter', () => {
   });
 
   it('validates like channelTopic', () => {
-    expect(thrown(() => channelFilter('domain', undefined, CHANNEL)).code).toBe('BOOTSTRAP_CONFIG_INCOMPLETE');
-    expect(thrown(() => channelFilter('domain', DOMAIN, '+')).code).toBe('BOOTSTRAP_RESPONSE_INVALID');
+    expect(thrownAgentError(() => channelFilter('domain', undefined, CHANNEL)).code).toBe('BOOTSTRAP_CONFIG_INCOMPLETE');
+    expect(thrownAgentError(() => channelFilter('domain', DOMAIN, '+')).code).toBe('BOOTSTRAP_RESPONSE_INVALID');
   });
 });
 
