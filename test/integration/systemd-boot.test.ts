@@ -1,7 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -224,7 +224,9 @@ describe.skipIf(missing.length > 0 && !onCi)('the unit under a real systemd (PID
     writeFileSync(join(release, 'dist/cli/main.js'), CHECK_PROGRAM);
     writeFileSync(join(release, 'package.json'), '{ "name": "mg-device-agent", "version": "0.0.0-test", "type": "module" }\n');
     writeFileSync(join(release, 'RELEASE'), 'mg-device-agent 0.0.0-test\n');
-    symlinkSync(join(REPO, 'node_modules'), join(release, 'node_modules'));
+    // A copy, not a link: the unit's PrivateTmp hides /tmp, where a CI checkout may well live. The
+    // check program needs systeminformation only (no dependencies of its own).
+    cpSync(join(REPO, 'node_modules/systeminformation'), join(release, 'node_modules/systeminformation'), { recursive: true, dereference: true });
     cpSync(join(REPO, 'systemd'), join(release, 'systemd'), { recursive: true });
     mkdirSync(join(release, 'scripts'));
     cpSync(join(REPO, 'scripts/install.sh'), join(release, 'scripts/install.sh'));
