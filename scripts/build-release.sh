@@ -69,6 +69,11 @@ echo "build-release.sh: installing production dependencies (npm ci --omit=dev $N
 (cd "$TREE" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund "$NPM_CACHE_MODE" >/dev/null) ||
   die "npm ci --omit=dev failed (with --offline, every package must already be in the npm cache)"
 
+# Type declarations, source maps and package docs are never loaded at run time (5.7 MB of the
+# 17.7 MB measured by npm run bench): a Pi's SD card should not carry them.
+find "$TREE/node_modules" \( -name '*.d.ts' -o -name '*.d.mts' -o -name '*.d.cts' -o -name '*.map' -o -name '*.md' \) -type f -delete
+rm -rf "$TREE/node_modules/@types"
+
 # 3. What installs and runs it.
 mkdir "$TREE/systemd" "$TREE/scripts"
 cp systemd/mg-device-agent.service systemd/mg-device-agent.sysusers "$TREE/systemd/"

@@ -97,6 +97,9 @@ export async function startBroker(options: BrokerOptions): Promise<DevBroker> {
   const aedes = await Aedes.createBroker({
     // Magistrala clients often use their UUID as MQTT client ID: longer than MQTT 3.1's 23.
     maxClientsIdLength: 256,
+    // Beyond this many messages in flight mqemitter queues them and drains the queue recursively:
+    // a fleet losing power at once (1,000 Wills) overflowed the stack at the default of 100.
+    concurrency: 100_000,
     authenticate(client, username, password, done) {
       const secret = password === undefined ? undefined : Buffer.from(password).toString('utf8');
       if (username === undefined || username === '' || secret === undefined || !registry.authenticate(username, secret)) {

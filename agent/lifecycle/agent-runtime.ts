@@ -566,10 +566,14 @@ export class AgentRuntime<G extends GenerationPort> {
     }
     if (this.current) {
       this.log.info({ generation: this.current.id }, 'starting on the stored configuration; refreshing from Bootstrap in the background');
-      // Connect at once (unless the agent was failing before this start); the Bootstrap refresh is jittered.
+      // Both the first connect and the Bootstrap refresh are jittered: a fleet that lost power together
+      // must not return to the broker, or to Bootstrap, in one wave.
       this.scheduleBootRefresh(Math.floor(this.random() * this.deps.config.retry.bootJitterMs));
       if (first.kind === 'resume') {
         this.setState('waiting', `resuming backoff, first attempt in ${Math.round(first.delayMs / 1000)}s`);
+        await this.waitBackoff(first.delayMs);
+      } else if (first.delayMs > 0) {
+        this.setState('waiting', `first connect in ${Math.round(first.delayMs / 1000)}s (boot jitter)`);
         await this.waitBackoff(first.delayMs);
       }
     } else if (first.delayMs > 0) {
@@ -1007,7 +1011,10 @@ export class AgentRuntime<G extends GenerationPort> {
     void this.resetAttemptsWhenStable(ctx.scope.signal);
     this.startDueCheck();
 
-    const abortPromise = new Promise<'stop'>((resolve) => this.abort.signal.addEventListener('abort', () => resolve('stop'), { once: true }));
+    // Tied to the session's scope: one listener per session would otherwise pile up on the agent's signal.
+    const abortPromise = new Promise<'stop'>((resolve) =>
+      this.abort.signal.addEventListener('abort', () => resolve('stop'), { once: true, signal: ctx.scope.signal }),
+    );
     const ended = await Promise.race([lostPromise, abortPromise, switchPromise]);
     this.online = undefined;
     this.connectedSince = undefined;

@@ -209,9 +209,20 @@ function firstCertificate(pem: string, field: CertField): X509Certificate {
 export function keyMatchesCertificate(certPem: string, keyPem: string): boolean {
   const certificate = firstCertificate(certPem, 'client_cert');
   const normalisedKey = toPem(keyPem, 'private key', 'client_key');
-  const privateKey = createPrivateKey(normalisedKey);
+  let privateKey: KeyObject;
+  try {
+    privateKey = createPrivateKey(normalisedKey);
+  } catch {
+    // Well-formed DER that OpenSSL still refuses (a flipped bit inside the key; found by the torture harness).
+    throw invalid('client_key', 'does not parse as a private key');
+  }
   const fromKey = createPublicKey(privateKey).export({ type: 'spki', format: 'der' });
-  const fromCertificate = certificate.publicKey.export({ type: 'spki', format: 'der' });
+  let fromCertificate: Buffer;
+  try {
+    fromCertificate = certificate.publicKey.export({ type: 'spki', format: 'der' });
+  } catch {
+    throw invalid('client_cert', 'its public key does not parse');
+  }
   if (fromKey.equals(fromCertificate)) return true;
   // Same key, different encoding of the public point or parameters: let OpenSSL decide.
   try {

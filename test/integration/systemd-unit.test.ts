@@ -112,6 +112,10 @@ describe('systemd unit contract with the agent and install.sh', () => {
     expect(readFileSync(INSTALL_SCRIPT, 'utf8')).toContain('OPTIONAL_CREDENTIALS=(encrypt_key control_secret)');
   });
 
+  it('runs Node with a small young generation and one V8 worker (the idle agent needs neither)', () => {
+    expect(settings.get('Environment')).toContain('"NODE_OPTIONS=--max-semi-space-size=1 --v8-pool-size=1"');
+  });
+
   it('keeps the V8 JIT working and the network reachable', () => {
     expect(one('MemoryDenyWriteExecute') ?? 'no').toBe('no');
     expect(settings.has('IPAddressDeny')).toBe(false);

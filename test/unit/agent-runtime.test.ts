@@ -504,13 +504,14 @@ describe('backoff that survives a restart, and boot jitter', () => {
     expect(logs.some((l) => String(l['msg']).includes('boot jitter'))).toBe(true);
   });
 
-  it('with a stored configuration: connects at once, and asks Bootstrap only after the boot jitter', async () => {
+  it('with a stored configuration: connects after the boot jitter, and asks Bootstrap only after its own jitter', async () => {
     const jittered = AgentConfigSchema.parse({ bootstrap: { url: 'http://127.0.0.1:1' }, retry: { initialDelayMs: 100, bootJitterMs: 8_000 } });
     const store = new FakeStore();
     store.current = storedGen(4, device('s1'));
     const broker = new FakeBroker();
     broker.accepted.add('s1');
-    let releaseJitter: () => void = () => undefined;
+    // Both jitters are random 0.5 of 8 s: each 4 s sleep waits until the test releases it.
+    const jitters: (() => void)[] = [];
     const { runtime, fetches } = build({
       store,
       broker,
@@ -519,7 +520,7 @@ describe('backoff that survives a restart, and boot jitter', () => {
       sleepOverride: (ms, signal) =>
         ms === 4_000
           ? new Promise<void>((resolve, reject) => {
-              releaseJitter = resolve;
+              jitters.push(resolve);
               signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true });
             })
           : ms === STABLE_MS
@@ -527,11 +528,12 @@ describe('backoff that survives a restart, and boot jitter', () => {
             : undefined,
     });
     runtime.start();
+    await until(() => jitters.length === 2, 'connect and refresh both waiting out their jitter');
+    expect(broker.connects).toEqual([]); // not straight back to the broker with the rest of the fleet
+    for (const release of jitters) release(); // which one is the connect's does not matter
     await until(() => runtime.state === 'online', 'online on the stored generation');
     expect(broker.connects).toEqual(['s1']);
-    expect(fetches()).toBe(0); // the refresh waits out its jitter (random 0.5 of 8 s)
-    releaseJitter();
-    await until(() => fetches() === 1, 'background refresh after the jitter');
+    await until(() => fetches() === 1, 'background refresh after its jitter');
   });
 });
 
