@@ -37,6 +37,20 @@ export function parseOrUsage<R>(command: string, parse: () => R): R | number {
   }
 }
 
+/**
+ * parseOrUsage, plus the --help every command has: prints the command's help and returns 0 when it
+ * was asked for. Returns the parsed result, or the exit code to end with.
+ */
+export function parseCommand<R extends { values: { help?: boolean | undefined } }>(command: string, help: string, parse: () => R): R | number {
+  const parsed = parseOrUsage(command, parse);
+  if (typeof parsed === 'number') return parsed;
+  if (parsed.values.help) {
+    print(help);
+    return EXIT.ok;
+  }
+  return parsed;
+}
+
 /** The option every command has. */
 export const HELP_OPTION = { help: { type: 'boolean', short: 'h' } } as const;
 export const CONFIG_OPTION = { config: { type: 'string' } } as const;

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { CONFIG_OPTION, EXIT, HELP_OPTION, fail, parseOrUsage, print } from '../args.js';
+import { CONFIG_OPTION, EXIT, HELP_OPTION, fail, parseCommand, print } from '../args.js';
 
 export const HELP = `Usage: mg-device-agent bootstrap --once [--dry-run] [--config PATH]
 
@@ -21,14 +21,10 @@ Exit codes: 0 fetched (and written, or already up to date, or dry run), 1 the fe
 failed, 64 usage error, 78 configuration error (keys, URL).`;
 
 export async function execute(args: string[]): Promise<number> {
-  const parsed = parseOrUsage('bootstrap', () =>
+  const parsed = parseCommand('bootstrap', HELP, () =>
     parseArgs({ args, options: { ...CONFIG_OPTION, ...HELP_OPTION, once: { type: 'boolean' }, 'dry-run': { type: 'boolean' } }, strict: true }),
   );
   if (typeof parsed === 'number') return parsed;
-  if (parsed.values.help) {
-    print(HELP);
-    return EXIT.ok;
-  }
   if (!parsed.values.once) return fail('bootstrap needs --once (with or without --dry-run); see mg-device-agent bootstrap --help', EXIT.usage);
   const dryRun = parsed.values['dry-run'] === true;
 

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { CONFIG_OPTION, EXIT, HELP_OPTION, parseOrUsage, print } from '../args.js';
+import { CONFIG_OPTION, EXIT, HELP_OPTION, parseCommand, print } from '../args.js';
 
 export const HELP = `Usage: mg-device-agent doctor [--config PATH] [--json]
 
@@ -24,14 +24,10 @@ Options:
 Exit codes: 0 every check passed (WARN allowed), 1 at least one FAIL, 64 usage error.`;
 
 export async function execute(args: string[]): Promise<number> {
-  const parsed = parseOrUsage('doctor', () =>
+  const parsed = parseCommand('doctor', HELP, () =>
     parseArgs({ args, options: { ...CONFIG_OPTION, ...HELP_OPTION, json: { type: 'boolean' } }, strict: true }),
   );
   if (typeof parsed === 'number') return parsed;
-  if (parsed.values.help) {
-    print(HELP);
-    return EXIT.ok;
-  }
   const { formatCheck, doctorExitCode, failure } = await import('../../diagnostics/checks.js');
   const { loadConfig, ConfigError } = await import('../../config/load.js');
   const { toAgentError } = await import('../../errors/agent-error.js');

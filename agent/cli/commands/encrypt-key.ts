@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { EXIT, HELP_OPTION, fail, parseOrUsage, print } from '../args.js';
+import { EXIT, HELP_OPTION, fail, parseCommand, print } from '../args.js';
 
 export const HELP = `Usage: mg-device-agent encrypt-key --external-key-file FILE --encrypt-key-file FILE
                                 [--bootstrap-url URL] [--external-id ID] [--family clients|things]
@@ -26,7 +26,7 @@ function shellQuote(text: string): string {
 }
 
 export async function execute(args: string[]): Promise<number> {
-  const parsed = parseOrUsage('encrypt-key', () =>
+  const parsed = parseCommand('encrypt-key', HELP, () =>
     parseArgs({
       args,
       options: {
@@ -42,10 +42,6 @@ export async function execute(args: string[]): Promise<number> {
   );
   if (typeof parsed === 'number') return parsed;
   const v = parsed.values;
-  if (v.help) {
-    print(HELP);
-    return EXIT.ok;
-  }
   if (!v['external-key-file'] || !v['encrypt-key-file']) return fail('--external-key-file and --encrypt-key-file are required; see mg-device-agent encrypt-key --help', EXIT.usage);
   const family = v.family ?? 'clients';
   if (family !== 'clients' && family !== 'things') return fail('--family must be clients or things', EXIT.usage);

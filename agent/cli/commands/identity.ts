@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { CONFIG_OPTION, EXIT, EXIT_CODES_HELP, HELP_OPTION, fail, parseOrUsage, print } from '../args.js';
+import { CONFIG_OPTION, EXIT, EXIT_CODES_HELP, HELP_OPTION, fail, parseCommand, print } from '../args.js';
 
 export const HELP = `Usage: mg-device-agent identity [--config PATH]
 
@@ -10,12 +10,8 @@ rejected. Reads nothing from the network and writes nothing.
 ${EXIT_CODES_HELP}`;
 
 export async function execute(args: string[]): Promise<number> {
-  const parsed = parseOrUsage('identity', () => parseArgs({ args, options: { ...CONFIG_OPTION, ...HELP_OPTION }, strict: true }));
+  const parsed = parseCommand('identity', HELP, () => parseArgs({ args, options: { ...CONFIG_OPTION, ...HELP_OPTION }, strict: true }));
   if (typeof parsed === 'number') return parsed;
-  if (parsed.values.help) {
-    print(HELP);
-    return EXIT.ok;
-  }
   const { loadConfigOrExit } = await import('../configured.js');
   const loaded = loadConfigOrExit(parsed.values.config);
   if (typeof loaded === 'number') return loaded;

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { EXIT, HELP_OPTION, fail, parseOrUsage, print } from '../args.js';
+import { EXIT, HELP_OPTION, fail, parseCommand, print } from '../args.js';
 
 export const HELP = `Usage: mg-device-agent provision --bootstrap-url URL --domain ID --external-id ID --out DIR
                               [--token-file FILE] [--channel ID]... [--content-file FILE]
@@ -37,7 +37,7 @@ export async function execute(args: string[]): Promise<number> {
   if (args.some((a) => a === '--token' || a.startsWith('--token='))) {
     return fail('--token is not accepted on the command line (ps and the shell history would show it); use --token-file FILE or MG_USER_TOKEN', EXIT.usage);
   }
-  const parsed = parseOrUsage('provision', () =>
+  const parsed = parseCommand('provision', HELP, () =>
     parseArgs({
       args,
       options: {
@@ -62,10 +62,6 @@ export async function execute(args: string[]): Promise<number> {
   );
   if (typeof parsed === 'number') return parsed;
   const v = parsed.values;
-  if (v.help) {
-    print(HELP);
-    return EXIT.ok;
-  }
   const missing = (['bootstrap-url', 'domain', 'external-id', 'out'] as const).filter((k) => !v[k]);
   if (missing.length > 0) return fail(`missing ${missing.map((m) => `--${m}`).join(', ')}; see mg-device-agent provision --help`, EXIT.usage);
   if (!v['token-file'] && !process.env['MG_USER_TOKEN']) return fail('the user token is needed: --token-file FILE or MG_USER_TOKEN', EXIT.usage);

@@ -1,7 +1,7 @@
 import { EXIT, EXIT_CODES_HELP, parseOrUsage, print, version, CONFIG_OPTION, HELP_OPTION } from '../args.js';
 import { parseArgs } from 'node:util';
 
-/** `run`: the long-running systemd service. Moved here unchanged from main.ts. */
+/** `run`: the long-running systemd service. Its help is built lazily (it lists every variable of the schema). */
 
 async function runHelp(): Promise<string> {
   const { envBindings } = await import('../../config/load.js');

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { CONFIG_OPTION, EXIT, HELP_OPTION, fail, parseOrUsage, print } from '../args.js';
+import { CONFIG_OPTION, EXIT, HELP_OPTION, fail, parseCommand, print } from '../args.js';
 
 export const HELP = `Usage: mg-device-agent status [--config PATH] [--json]
 
@@ -16,14 +16,10 @@ Exit codes: 0 status shown, 1 nothing to show (the agent never ran here) or the 
 unreadable, 64 usage error, 78 configuration error.`;
 
 export async function execute(args: string[]): Promise<number> {
-  const parsed = parseOrUsage('status', () =>
+  const parsed = parseCommand('status', HELP, () =>
     parseArgs({ args, options: { ...CONFIG_OPTION, ...HELP_OPTION, json: { type: 'boolean' } }, strict: true }),
   );
   if (typeof parsed === 'number') return parsed;
-  if (parsed.values.help) {
-    print(HELP);
-    return EXIT.ok;
-  }
   const { loadConfigOrExit } = await import('../configured.js');
   const loaded = loadConfigOrExit(parsed.values.config);
   if (typeof loaded === 'number') return loaded;
