@@ -87,13 +87,31 @@ interface ScriptRun {
 }
 
 function runScript(args: string[], options: { asUser?: number } = {}): ScriptRun {
-  const result = spawnSync('bash', [SCRIPT, ...args], {
+  const script = options.asUser === undefined ? SCRIPT : scriptCopyReadableByAll();
+  const result = spawnSync('bash', [script, ...args], {
     env: { ...process.env },
     encoding: 'utf8',
     timeout: 120_000,
     ...(options.asUser === undefined ? {} : { uid: options.asUser, gid: options.asUser }),
   });
   return { status: result.status, stdout: result.stdout, stderr: result.stderr, output: result.stdout + result.stderr };
+}
+
+/**
+ * The checkout may sit where another user cannot reach it (a clone under /root or a 0700 mktemp
+ * directory), so a run as another user gets its own copy of the script and the files it reads.
+ */
+function scriptCopyReadableByAll(): string {
+  const copy = tempWorkDir(t, 'mgda-script-copy-');
+  chmodSync(copy, 0o755);
+  for (const [dir, source] of [['scripts', SCRIPT], ['scripts', IMPORTER_SOURCE], ['systemd', REPO_UNIT]] as const) {
+    mkdirSync(join(copy, dir), { recursive: true, mode: 0o755 });
+    chmodSync(join(copy, dir), 0o755);
+    const target = join(copy, dir, source.split('/').pop() as string);
+    copyFileSync(source, target);
+    chmodSync(target, 0o755);
+  }
+  return join(copy, 'scripts/provision-image.sh');
 }
 
 function sha256(path: string): string {
