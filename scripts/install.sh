@@ -167,7 +167,8 @@ cleanup() {
 trap cleanup EXIT
 
 # Sets SOURCE_DIR to a directory holding dist/, package.json and systemd/, and PAYLOAD_DIR to a
-# directory holding exactly what goes into ${INSTALL_DIR} (dist/, node_modules/, package.json).
+# directory holding exactly what goes into ${INSTALL_DIR}: dist/ and package.json, plus the
+# bundled packages' licences (a release) or production node_modules/ (a source checkout).
 prepare_payload() {
   local source=$SOURCE
   if [ -z "$source" ]; then source=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P); fi
@@ -192,9 +193,10 @@ prepare_payload() {
   rm -rf "$PAYLOAD_DIR/dist/devstack"
   cp "$SOURCE_DIR/package.json" "$PAYLOAD_DIR/package.json"
   if [ -f "$SOURCE_DIR/RELEASE" ]; then
-    # A release carries production dependencies only (scripts/build-release.sh).
-    [ -d "$SOURCE_DIR/node_modules" ] || die "$SOURCE_DIR/node_modules is missing from the release"
-    cp -R "$SOURCE_DIR/node_modules" "$PAYLOAD_DIR/node_modules"
+    # A release's dist/cli/ is one bundle with the production dependencies in it
+    # (scripts/build-release.sh): no node_modules, but their licences come along.
+    [ -f "$SOURCE_DIR/THIRD_PARTY_LICENSES" ] || die "$SOURCE_DIR/THIRD_PARTY_LICENSES is missing from the release"
+    cp "$SOURCE_DIR/THIRD_PARTY_LICENSES" "$PAYLOAD_DIR/THIRD_PARTY_LICENSES"
   else
     # A source checkout's node_modules holds the dev tools too: install production ones afresh.
     [ -f "$SOURCE_DIR/package-lock.json" ] || die "$SOURCE_DIR/package-lock.json is missing"

@@ -29,6 +29,8 @@ export function agentEntryPoint(): string {
 
 export interface AgentProcessOptions {
   args: string[];
+  /** The program to run (default: the checkout's dist/cli/main.js; e.g. an unpacked release's bundle). */
+  entry?: string;
   env?: NodeJS.ProcessEnv;
   /** Echo the agent's stdout/stderr to ours (the demo does; tests do not). */
   echo?: (line: string) => void;
@@ -44,7 +46,7 @@ export class AgentProcess {
   private partial = '';
 
   constructor(options: AgentProcessOptions) {
-    const entry = agentEntryPoint();
+    const entry = options.entry ?? agentEntryPoint();
     if (!existsSync(entry)) throw new Error(`${entry} does not exist: run "npm run build" first`);
     this.child = spawn(process.execPath, [entry, ...options.args], {
       env: options.env ?? process.env,

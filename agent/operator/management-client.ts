@@ -1,4 +1,4 @@
-import { request } from 'undici';
+import { getGlobalDispatcher } from 'undici';
 import { AgentError } from '../errors/agent-error.js';
 
 /**
@@ -38,7 +38,10 @@ export class ManagementClient {
     const url = `${this.base}/${encodeURIComponent(this.options.domainId)}${path}`;
     let res;
     try {
-      res = await request(url, {
+      const target = new URL(url);
+      res = await getGlobalDispatcher().request({
+        origin: target.origin,
+        path: `${target.pathname}${target.search}`,
         method,
         headers: {
           authorization: `Bearer ${this.options.userToken}`,

@@ -84,11 +84,16 @@ export async function createDevChannel(stack: DevStack, name: string): Promise<s
 }
 
 /**
- * The built agent (`node dist/cli/main.js <args>`) in a clean environment (cleanAgentEnv() unless
- * `env` is given), stopped by the teardown: SIGTERM, then SIGKILL after `killAfterMs`.
+ * The built agent (`node dist/cli/main.js <args>`, or `entry`) in a clean environment
+ * (cleanAgentEnv() unless `env` is given), stopped by the teardown: SIGTERM, then SIGKILL after
+ * `killAfterMs`.
  */
-export function runAgentProcess(t: Teardown, args: string[], options: { env?: NodeJS.ProcessEnv; killAfterMs?: number } = {}): AgentProcess {
-  const agent = new AgentProcess({ args, env: options.env ?? cleanAgentEnv() });
+export function runAgentProcess(
+  t: Teardown,
+  args: string[],
+  options: { env?: NodeJS.ProcessEnv; killAfterMs?: number; entry?: string } = {},
+): AgentProcess {
+  const agent = new AgentProcess({ args, env: options.env ?? cleanAgentEnv(), ...(options.entry ? { entry: options.entry } : {}) });
   t.add(async () => {
     await agent.stop(options.killAfterMs ?? 2_000);
   });

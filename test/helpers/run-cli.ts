@@ -5,15 +5,15 @@ import { join } from 'node:path';
 import { agentEntryPoint } from '../../agent/devstack/agent-process.js';
 import { cleanAgentEnv } from '../../agent/devstack/scenario.js';
 
-/** One run of the built CLI (node dist/cli/main.js ...) to its exit, stdout and stderr apart. */
+/** One run of the built CLI (node dist/cli/main.js ..., or `entry`) to its exit, stdout and stderr apart. */
 export interface CliRun {
   code: number | null;
   stdout: string;
   stderr: string;
 }
 
-export function runCli(args: string[], options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<CliRun> {
-  const entry = agentEntryPoint();
+export function runCli(args: string[], options: { env?: NodeJS.ProcessEnv; timeoutMs?: number; entry?: string } = {}): Promise<CliRun> {
+  const entry = options.entry ?? agentEntryPoint();
   if (!existsSync(entry)) throw new Error(`${entry} does not exist: run "npm run build" first`);
   const child = spawn(process.execPath, [entry, ...args], { env: options.env ?? cleanAgentEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';

@@ -33,11 +33,10 @@ function fakeRelease(): string {
   const dir = join(tempWorkDir(t, 'mgda-release-'), 'mg-device-agent-0.1.0');
   mkdirSync(join(dir, 'dist/cli'), { recursive: true });
   mkdirSync(join(dir, 'dist/devstack'), { recursive: true });
-  mkdirSync(join(dir, 'node_modules/zod'), { recursive: true });
   mkdirSync(join(dir, 'config'), { recursive: true });
   writeFileSync(join(dir, 'dist/cli/main.js'), 'console.log("0.1.0");\n');
   writeFileSync(join(dir, 'dist/devstack/demo.js'), '// development only\n');
-  writeFileSync(join(dir, 'node_modules/zod/index.js'), 'export {};\n');
+  writeFileSync(join(dir, 'THIRD_PARTY_LICENSES'), 'zod@4.6.7 (MIT)\n');
   // Written 0600 as under a umask of 077: the installer must still make it readable to the service.
   writeFileSync(join(dir, 'package.json'), '{"name":"mg-device-agent","version":"0.1.0"}\n', { mode: 0o600 });
   writeFileSync(join(dir, 'config/agent.example.json'), '{ "bootstrap": {} }\n');
@@ -118,7 +117,8 @@ describe.skipIf(!runnable && !onCi)('scripts/install.sh into a staging root', ()
     expectEntry('opt/mg-device-agent', 'dir', '0755');
     expectEntry('opt/mg-device-agent/dist/cli/main.js', 'file', '0644');
     expectEntry('opt/mg-device-agent/package.json', 'file', '0644');
-    expectEntry('opt/mg-device-agent/node_modules/zod/index.js', 'file', '0644');
+    expectEntry('opt/mg-device-agent/THIRD_PARTY_LICENSES', 'file', '0644');
+    expect(first.has('opt/mg-device-agent/node_modules')).toBe(false); // the release is one bundle
     expect(first.has('opt/mg-device-agent/dist/devstack')).toBe(false);
     expect(first.has('opt/mg-device-agent/RELEASE')).toBe(false);
     expectEntry('usr/local/bin/mg-device-agent', 'file', '0755');

@@ -210,23 +210,22 @@ describe.skipIf(missing.length > 0 && !onCi)('the unit under a real systemd (PID
     const temp = makeTempDir('mgda-systemd-');
     const base = temp.dir;
 
-    // A release-shaped tree: the notifier as the agent ships it (compiled on its own), the check
-    // program as the CLI, the real unit, sysusers file and installer.
+    // A release-shaped tree: the check program as the CLI, bundled by esbuild with the agent's own
+    // notifier and systeminformation as the release is (no node_modules: the unit's PrivateTmp
+    // hides /tmp, where a CI checkout may well live), the real unit, sysusers file and installer.
     const release = join(base, 'release');
-    const compiled = spawnSync(
-      join(REPO, 'node_modules/.bin/tsc'),
-      ['--module', 'NodeNext', '--moduleResolution', 'NodeNext', '--target', 'ES2022', '--lib', 'ES2023', '--types', 'node',
-        '--strict', '--skipLibCheck', '--rootDir', join(REPO, 'agent'), '--outDir', join(release, 'dist'), join(REPO, 'agent/systemd/notify.ts')],
-      { encoding: 'utf8' },
+    const checkSource = join(base, 'check-program.mjs');
+    writeFileSync(checkSource, CHECK_PROGRAM.replace("'../systemd/notify.js'", JSON.stringify(join(REPO, 'agent/systemd/notify.ts'))));
+    const bundled = spawnSync(
+      join(REPO, 'node_modules/.bin/esbuild'),
+      [checkSource, '--bundle', '--format=esm', '--platform=node', '--target=node20.19', `--outfile=${join(release, 'dist/cli/main.js')}`, '--log-level=warning',
+        "--banner:js=import { createRequire as __bundleCreateRequire } from 'node:module'; const require = __bundleCreateRequire(import.meta.url);"],
+      { encoding: 'utf8', env: { ...process.env, NODE_PATH: join(REPO, 'node_modules') } },
     );
-    expect(compiled.status, compiled.stdout).toBe(0);
-    mkdirSync(join(release, 'dist/cli'), { recursive: true });
-    writeFileSync(join(release, 'dist/cli/main.js'), CHECK_PROGRAM);
+    expect(bundled.status, bundled.stderr).toBe(0);
     writeFileSync(join(release, 'package.json'), '{ "name": "mg-device-agent", "version": "0.0.0-test", "type": "module" }\n');
     writeFileSync(join(release, 'RELEASE'), 'mg-device-agent 0.0.0-test\n');
-    // A copy, not a link: the unit's PrivateTmp hides /tmp, where a CI checkout may well live. The
-    // check program needs systeminformation only (no dependencies of its own).
-    cpSync(join(REPO, 'node_modules/systeminformation'), join(release, 'node_modules/systeminformation'), { recursive: true, dereference: true });
+    writeFileSync(join(release, 'THIRD_PARTY_LICENSES'), 'systeminformation (MIT)\n');
     cpSync(join(REPO, 'systemd'), join(release, 'systemd'), { recursive: true });
     mkdirSync(join(release, 'scripts'));
     cpSync(join(REPO, 'scripts/install.sh'), join(release, 'scripts/install.sh'));

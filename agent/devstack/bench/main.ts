@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { arch, cpus, release, totalmem } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { repoRoot } from '../agent-process.js';
 import { measureBoot, type BootResult } from './measure-boot.js';
@@ -9,14 +9,16 @@ import { measureFootprint, type FootprintResult } from './measure-footprint.js';
 import { measureIdle, type IdleResult, type IdleVariant } from './measure-idle.js';
 import { measureLeak, type LeakResult } from './measure-leak.js';
 import { measureUpdate, type UpdateResult, type UpdateTrigger } from './measure-update.js';
+import { withReleaseBuild, type ReleaseBuild, type ReleaseBundle } from './release-bundle.js';
 import { formatMb, formatMs, formatTable } from './stats.js';
-import { hasOpenssl, startWorld } from './world.js';
+import { distAgent, hasOpenssl, startWorld, type AgentBuildName } from './world.js';
 
 /**
  * `npm run bench [-- --quick] [-- --only boot,idle,leak,footprint,update]`: measures the agent as
- * it runs on a device, each figure next to its baseline measured in the same run, prints a table
- * and writes everything (every sample, the machine, the commit) to bench-results/. Never part of
- * the test suite: figures depend on the machine.
+ * it ships (the release bundle: scripts/build-release.sh run once on the freshly compiled dist/,
+ * unpacked) and, for comparison, the checkout's dist/, each figure next to its baseline measured
+ * in the same run; prints a table and writes everything (every sample, the machine, the commit) to
+ * bench-results/. Never part of the test suite: figures depend on the machine.
  */
 
 const USAGE = `usage: npm run bench -- [options]
@@ -26,7 +28,8 @@ const USAGE = `usage: npm run bench -- [options]
   --idle-seconds S      idle window for memory and CPU (default 60)
   --cycles N            re-bootstrap + reconnect cycles per leak run (default 500)
   --only LIST           comma-separated subset of: boot, idle, leak, footprint, update
-  --node-options OPTS   also measure memory with these NODE_OPTIONS (e.g. "--max-semi-space-size=1")
+  --node-options OPTS   also measure the release bundle's memory with these NODE_OPTIONS
+                        (e.g. "--max-semi-space-size=1"; the unit's are always measured)
   --out DIR             where the JSON goes (default bench-results/)
   --help                this text
 `;
@@ -34,7 +37,7 @@ const USAGE = `usage: npm run bench -- [options]
 const ALL = ['boot', 'idle', 'leak', 'footprint', 'update'] as const;
 type Figure = (typeof ALL)[number];
 
-/** NODE_OPTIONS recommended for the systemd unit, measured as a second memory variant. */
+/** NODE_OPTIONS of the systemd unit (systemd/mg-device-agent.service), always measured as a memory variant. */
 export const RECOMMENDED_NODE_OPTIONS = '--max-semi-space-size=1 --v8-pool-size=1';
 
 interface Settings {
@@ -44,6 +47,7 @@ interface Settings {
   cycles: number;
   leakRuns: number;
   only: Figure[];
+  /** NODE_OPTIONS the release bundle's memory is also measured with: the unit's, then any --node-options. */
   nodeOptions: string[];
   outDir: string;
   periodicIntervalMs: number;
@@ -89,7 +93,7 @@ function parseSettings(argv: string[]): Settings | string {
     cycles: cycles as number,
     leakRuns: quick ? 2 : (runs as number),
     only: only as Figure[],
-    nodeOptions: values['node-options'] ?? [RECOMMENDED_NODE_OPTIONS],
+    nodeOptions: [...new Set([RECOMMENDED_NODE_OPTIONS, ...(values['node-options'] ?? [])])],
     outDir: values.out ?? join(repoRoot(), 'bench-results'),
     periodicIntervalMs: quick ? 3_000 : 10_000,
   };
@@ -118,59 +122,187 @@ function machine() {
 }
 
 interface Results {
+  /** The release the "release bundle" figures ran: its tarball, or why it could not be built. */
+  release?: { built: true; tarball: string; tarballBytes: number; bundledPackages: string[] | undefined } | { built: false; error: string; output?: string };
   boot?: BootResult;
   idle?: IdleResult;
   leak?: LeakResult;
   footprint?: FootprintResult;
   update?: UpdateResult;
+  /** Release-bundle figures left out because the release could not be built. */
+  notMeasured: { figure: Figure; agent: AgentBuildName; reason: string }[];
+}
+
+/** The figures that run or measure the release bundle: one release build serves them all. */
+const NEEDS_RELEASE: readonly Figure[] = ['boot', 'idle', 'leak', 'footprint'];
+
+/** Targets are about the agent as shipped; the checkout's dist/ rows are there for comparison. */
+const TARGETED: AgentBuildName = 'release bundle';
+
+function summariseRelease(release: ReleaseBuild): NonNullable<Results['release']> {
+  if (!release.ok) return { built: false, error: release.error, ...(release.output ? { output: release.output } : {}) };
+  const { tarball, tarballBytes, bundledPackages } = release.bundle;
+  return { built: true, tarball: basename(tarball), tarballBytes, bundledPackages };
+}
+
+/** Memory variants: the release bundle plain and with each NODE_OPTIONS, and dist/ with the unit's for comparison. */
+function idleVariants(settings: Settings, bundle: ReleaseBundle | undefined): IdleVariant[] {
+  const shipped: IdleVariant[] = bundle ? [{ agent: bundle.agent }, ...settings.nodeOptions.map((nodeOptions) => ({ agent: bundle.agent, nodeOptions }))] : [];
+  return [...shipped, { agent: distAgent(), nodeOptions: RECOMMENDED_NODE_OPTIONS }];
+}
+
+/** Each figure's name, in the progress log and in the table's rows for what could not be measured. */
+const TITLES: Record<Figure, string> = {
+  boot: 'boot to subscribed',
+  idle: 'resident memory and idle CPU',
+  leak: 'leaks over re-bootstrap + reconnect cycles',
+  footprint: 'footprint of the release artefact',
+  update: 'update latency',
+};
+
+async function measure(settings: Settings, release: ReleaseBuild | undefined, log: (line: string) => void): Promise<Results> {
+  const results: Results = { notMeasured: [], ...(release ? { release: summariseRelease(release) } : {}) };
+  const bundle = release?.ok ? release.bundle : undefined;
+  // Whether `figure` was asked for; if so, says that it starts, and without a bundle records the
+  // release bundle's part of it as not measured (never estimated).
+  const begins = (figure: Figure) => {
+    if (!settings.only.includes(figure)) return false;
+    log(`${TITLES[figure]}...`);
+    if (!bundle && NEEDS_RELEASE.includes(figure)) {
+      log('  the release bundle: not measured (its build failed)');
+      results.notMeasured.push({ figure, agent: 'release bundle', reason: 'the release build failed (see release.error)' });
+    }
+    return true;
+  };
+  const dist = distAgent();
+  const world = await startWorld({ tls: true });
+  try {
+    if (begins('boot')) results.boot = await measureBoot(world, settings.runs, bundle ? [dist, bundle.agent] : [dist], log);
+    if (begins('idle')) {
+      results.idle = await measureIdle(world, { processes: settings.runs, idleSeconds: settings.idleSeconds, variants: idleVariants(settings, bundle) }, log);
+    }
+    if (begins('leak') && bundle) {
+      results.leak = await measureLeak(world, { agent: bundle.agent, runs: settings.leakRuns, cycles: settings.cycles, parallel: Math.min(settings.leakRuns, 5) }, log);
+    }
+    if (begins('footprint') && bundle) results.footprint = measureFootprint(bundle);
+    if (begins('update')) {
+      const triggers: UpdateTrigger[] = ['sighup', 'periodic', 'control'];
+      results.update = await measureUpdate(world, { agent: dist, runs: settings.runs, periodicIntervalMs: settings.periodicIntervalMs, triggers }, log);
+    }
+  } finally {
+    await world.close();
+  }
+  return results;
+}
+
+/** Builds the release once if a figure needs it; its scratch directories are gone when this settles. */
+async function measureWithRelease(settings: Settings, log: (line: string) => void): Promise<Results> {
+  if (!settings.only.some((figure) => NEEDS_RELEASE.includes(figure))) return measure(settings, undefined, log);
+  log('release bundle (scripts/build-release.sh --skip-build, unpacked)...');
+  return withReleaseBuild(log, (release) => measure(settings, release, log));
 }
 
 const verdict = (met: boolean, missedBy: string) => (met ? 'met' : `MISSED (${missedBy})`);
 
-function table(r: Results, s: Settings): string {
-  const rows: string[][] = [];
-  const notes: string[] = [];
-  if (r.boot) {
-    const b = r.boot;
-    rows.push(['boot to subscribed (secure, 3 channels, certs)', formatMs(b.medianAgentMs), `node -e 0: ${formatMs(b.medianBareNodeMs)}`, `${b.ratio.toFixed(1)}×`, '≤ 4×', verdict(b.ratio <= 4, `${(b.ratio / 4).toFixed(1)}× over`)]);
-  }
-  if (r.idle) {
-    const i = r.idle;
-    for (const v of i.variants) {
-      const ratio = v.medianRssBytes / i.medianBareRssBytes;
-      rows.push([`RSS after ${i.idleSeconds} s idle (${v.label})`, formatMb(v.medianRssBytes), `node + socket: ${formatMb(i.medianBareRssBytes)}`, `${ratio.toFixed(2)}×`, '≤ 1.5×', verdict(ratio <= 1.5, `+${formatMb(v.medianRssBytes - 1.5 * i.medianBareRssBytes)} over`)]);
-    }
-    for (const v of i.variants) {
-      rows.push([`idle CPU over ${i.idleSeconds} s (${v.label})`, `${v.medianCpuPercent.toFixed(3)} %`, `node + socket: ${i.medianBareCpuPercent.toFixed(3)} %`, '', '< 0.5 %', verdict(v.medianCpuPercent < 0.5, `${v.medianCpuPercent.toFixed(2)} %`)]);
-    }
-  }
-  if (r.leak) {
-    const l = r.leak;
-    const signed = (bytes: number) => `${bytes >= 0 ? '+' : ''}${formatMb(bytes)}`;
-    const heapGrowth = l.medianLiveHeapGrowthBytes;
-    rows.push([`live JS heap growth over ${l.cyclesPerRun} rotate+re-bootstrap cycles (after full GC)`, signed(heapGrowth), `after warm-up: ${formatMb(l.runs[0]?.liveHeapAfterWarmupBytes)}`, '', '≤ 5 MB', verdict(heapGrowth <= 5 * 1_048_576, formatMb(heapGrowth))]);
-    rows.push(['  resident size growth, measured right after a full GC', signed(l.medianRssAfterGcGrowthBytes), '', '', '≤ 5 MB', verdict(l.medianRssAfterGcGrowthBytes <= 5 * 1_048_576, formatMb(l.medianRssAfterGcGrowthBytes))]);
-    rows.push(['  resident size growth, raw (V8 lets its heap grow under churn)', signed(l.medianRssGrowthBytes), `after warm-up: ${formatMb(l.runs[0]?.rssAfterWarmupBytes)}`, '', '', '']);
-    const grew = l.runs[0]?.grew.map((g) => `${g.kind} +${g.added}`).join(', ');
-    if (grew) notes.push(`objects whose count grew most over the cycles (run 1): ${grew}`);
-    rows.push(['open descriptors, warm-up → end (max drift)', `${l.runs.map((x) => `${x.fdsAfterWarmup}→${x.fdsAtEnd}`).slice(0, 3).join(', ')}`, '', `drift ${l.maxFdDrift}`, 'constant', verdict(l.maxFdDrift === 0, `drift ${l.maxFdDrift}`)]);
-  }
-  if (r.footprint) {
-    const f = r.footprint;
-    rows.push(['release artefact, unpacked', formatMb(f.unpackedBytes), `node binary: ${formatMb(f.nodeBinaryBytes)}`, '', '≤ 10 MB', verdict(f.unpackedBytes <= 10 * 1_048_576, `+${formatMb(f.unpackedBytes - 10 * 1_048_576)} over`)]);
-    rows.push(['  of which not needed at run time (.d.ts, .map, .md, @types)', formatMb(f.notNeededAtRuntimeBytes), '', '', '', '']);
-  }
-  if (r.update) {
-    for (const t of r.update.triggers) {
+/** [target, result] cells: judged for the targeted build, "for comparison" for the other. */
+function judged(agent: AgentBuildName, target: string, met: boolean, missedBy: string): [string, string] {
+  return agent === TARGETED ? [target, verdict(met, missedBy)] : ['', 'for comparison'];
+}
+
+const signed = (bytes: number) => `${bytes >= 0 ? '+' : ''}${formatMb(bytes)}`;
+
+interface Section {
+  rows: string[][];
+  notes?: string[];
+}
+
+function bootSection(b: BootResult): Section {
+  return {
+    rows: b.agents.map((a) => [
+      'boot to subscribed (secure, 3 channels, certs)',
+      a.agent,
+      formatMs(a.medianMs),
+      `node -e 0: ${formatMs(b.medianBareNodeMs)}`,
+      `${a.ratio.toFixed(1)}×`,
+      ...judged(a.agent, '≤ 4×', a.ratio <= 4, `${(a.ratio / 4).toFixed(2)}× the target`),
+    ]),
+  };
+}
+
+function idleSection(i: IdleResult): Section {
+  const bare = `node + socket: ${formatMb(i.medianBareRssBytes)}`;
+  const rss = i.variants.map((v) => {
+    const ratio = v.medianRssBytes / i.medianBareRssBytes;
+    const over = `+${formatMb(v.medianRssBytes - 1.5 * i.medianBareRssBytes)} over`;
+    return [`RSS after ${i.idleSeconds} s idle (${v.label})`, v.agent, formatMb(v.medianRssBytes), bare, `${ratio.toFixed(2)}×`, ...judged(v.agent, '≤ 1.5×', ratio <= 1.5, over)];
+  });
+  const cpu = i.variants.map((v) => {
+    const percent = `${v.medianCpuPercent.toFixed(3)} %`;
+    return [`idle CPU over ${i.idleSeconds} s (${v.label})`, v.agent, percent, `node + socket: ${i.medianBareCpuPercent.toFixed(3)} %`, '', ...judged(v.agent, '< 0.5 %', v.medianCpuPercent < 0.5, percent)];
+  });
+  return { rows: [...rss, ...cpu] };
+}
+
+function leakSection(l: LeakResult): Section {
+  const heapGrowth = l.medianLiveHeapGrowthBytes;
+  const rows = [
+    [`live JS heap growth over ${l.cyclesPerRun} rotate+re-bootstrap cycles (after full GC)`, l.agent, signed(heapGrowth), `after warm-up: ${formatMb(l.runs[0]?.liveHeapAfterWarmupBytes)}`, '', ...judged(l.agent, '≤ 5 MB', heapGrowth <= 5 * 1_048_576, formatMb(heapGrowth))],
+    ['  resident size growth, measured right after a full GC', l.agent, signed(l.medianRssAfterGcGrowthBytes), '', '', ...judged(l.agent, '≤ 5 MB', l.medianRssAfterGcGrowthBytes <= 5 * 1_048_576, formatMb(l.medianRssAfterGcGrowthBytes))],
+    ['  resident size growth, raw (V8 lets its heap grow under churn)', l.agent, signed(l.medianRssGrowthBytes), `after warm-up: ${formatMb(l.runs[0]?.rssAfterWarmupBytes)}`, '', '', ''],
+    ['open descriptors, warm-up → end (max drift)', l.agent, l.runs.map((x) => `${x.fdsAfterWarmup}→${x.fdsAtEnd}`).slice(0, 3).join(', '), '', `drift ${l.maxFdDrift}`, ...judged(l.agent, 'constant', l.maxFdDrift === 0, `drift ${l.maxFdDrift}`)],
+  ];
+  const grew = l.runs[0]?.grew.map((g) => `${g.kind} +${g.added}`).join(', ');
+  return { rows, notes: grew ? [`objects whose count grew most over the cycles (${l.agent}, run 1): ${grew}`] : [] };
+}
+
+function footprintSection(f: FootprintResult): Section {
+  const limit = 10 * 1_048_576;
+  // Most chunks are a few KB: MB with one decimal would call them all 0.0.
+  const kb = (bytes: number) => `${Math.round(bytes / 1024)} KB`;
+  const packages = f.bundledPackages?.length ?? '?';
+  return {
+    rows: [
+      ['release artefact, unpacked', f.agent, formatMb(f.unpackedBytes), `node binary: ${formatMb(f.nodeBinaryBytes)}`, '', ...judged(f.agent, '≤ 10 MB', f.unpackedBytes <= limit, `+${formatMb(f.unpackedBytes - limit)} over`)],
+      ['  tarball (gzip)', f.agent, formatMb(f.tarballBytes), '', '', '', ''],
+      [`  dist/cli/: ${f.bundleFiles} files bundling ${packages} packages`, f.agent, formatMb(f.bundleBytes), '', '', '', ''],
+    ],
+    notes: [`largest files in the release's dist/cli/: ${f.largestBundleFiles.map((x) => `${x.name} ${kb(x.bytes)}`).join(', ')}`],
+  };
+}
+
+function updateSection(u: UpdateResult): Section {
+  return {
+    rows: u.triggers.map((t) => {
       const label =
         t.trigger === 'periodic'
           ? `update latency, periodic check every ${formatMs(t.intervalMs)} (≈ half the interval + apply)`
           : `update latency, ${t.trigger === 'sighup' ? 'SIGHUP' : 'control-channel "bootstrap" request'}`;
-      rows.push([label, t.supported ? formatMs(t.medianLatencyMs) : 'n/a', '', '', '', t.supported ? '' : (t.note ?? '')]);
-    }
-  }
-  const header = ['figure', 'agent (median)', 'baseline (same run)', 'ratio', 'target', 'result'];
-  return `${formatTable(header, rows)}\n\n${[...notes, `medians of ${s.runs} runs${s.quick ? ' (QUICK smoke run: not for publication)' : ''}`].join('\n')}`;
+      return [label, u.agent, t.supported ? formatMs(t.medianLatencyMs) : 'n/a', '', '', '', t.supported ? '' : (t.note ?? '')];
+    }),
+  };
+}
+
+function notMeasuredRow(m: Results['notMeasured'][number]): string[] {
+  return [TITLES[m.figure], m.agent, 'not measured', '', '', '', 'NOT MEASURED (release build failed)'];
+}
+
+function table(r: Results, s: Settings): string {
+  const sections: Record<Figure, Section | undefined> = {
+    boot: r.boot && bootSection(r.boot),
+    idle: r.idle && idleSection(r.idle),
+    leak: r.leak && leakSection(r.leak),
+    footprint: r.footprint && footprintSection(r.footprint),
+    update: r.update && updateSection(r.update),
+  };
+  const rows = ALL.flatMap((figure) => [...(sections[figure]?.rows ?? []), ...r.notMeasured.filter((m) => m.figure === figure).map(notMeasuredRow)]);
+  const header = ['figure', 'agent', 'value (median)', 'baseline (same run)', 'ratio', 'target', 'result'];
+  const notes = [
+    ...(r.release?.built === false ? [`RELEASE BUILD FAILED: ${r.release.error}`] : []),
+    ...ALL.flatMap((figure) => sections[figure]?.notes ?? []),
+    `targets apply to the release bundle (the tarball, as shipped); dist rows are the checkout's tsc output, for comparison`,
+    `medians of ${s.runs} runs${s.quick ? ' (QUICK smoke run: not for publication)' : ''}`,
+  ];
+  return `${formatTable(header, rows)}\n\n${notes.join('\n')}`;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -186,34 +318,7 @@ async function main(argv: string[]): Promise<number> {
   log(`mg-device-agent bench${settings.quick ? ' (quick)' : ''}: ${info.cpu}, ${info.cores} cores, ${formatMb(info.memoryBytes)}, node ${info.node}, commit ${info.commit?.slice(0, 12) ?? '?'}${info.uncommittedChanges ? ' + uncommitted changes' : ''}`);
   if (!hasOpenssl()) log('  openssl missing: no certificates, plain MQTT (figures are then not comparable)');
 
-  const results: Results = {};
-  const world = await startWorld({ tls: true });
-  try {
-    if (settings.only.includes('boot')) {
-      log('boot to subscribed...');
-      results.boot = await measureBoot(world, settings.runs, log);
-    }
-    if (settings.only.includes('idle')) {
-      log('resident memory and idle CPU...');
-      const variants: IdleVariant[] = [{ label: 'as shipped' }, ...settings.nodeOptions.map((o) => ({ label: `NODE_OPTIONS=${o}`, nodeOptions: o }))];
-      results.idle = await measureIdle(world, { processes: settings.runs, idleSeconds: settings.idleSeconds, variants }, log);
-    }
-    if (settings.only.includes('leak')) {
-      log('leaks over re-bootstrap + reconnect cycles...');
-      results.leak = await measureLeak(world, { runs: settings.leakRuns, cycles: settings.cycles, parallel: Math.min(settings.leakRuns, 5) }, log);
-    }
-    if (settings.only.includes('footprint')) {
-      log('footprint of the release artefact...');
-      results.footprint = measureFootprint(log);
-    }
-    if (settings.only.includes('update')) {
-      log('update latency...');
-      const triggers: UpdateTrigger[] = ['sighup', 'periodic', 'control'];
-      results.update = await measureUpdate(world, { runs: settings.runs, periodicIntervalMs: settings.periodicIntervalMs, triggers }, log);
-    }
-  } finally {
-    await world.close();
-  }
+  const results = await measureWithRelease(settings, log);
 
   const text = table(results, settings);
   log(`\n${text}`);

@@ -5,7 +5,7 @@ import type { AgentProcess } from '../agent-process.js';
 import { isFullyOnline, waitForCount } from './agent-signals.js';
 import { cpuTimeMs, residentBytes } from './proc-stats.js';
 import { median } from './stats.js';
-import { addDevice, runAgent, type World } from './world.js';
+import { addDevice, distAgent, runAgent, type AgentBuild, type AgentBuildName, type World } from './world.js';
 
 /**
  * Resident memory and CPU of agents connected and idle (default heartbeat, nothing to do), against
@@ -14,13 +14,16 @@ import { addDevice, runAgent, type World } from './world.js';
  */
 
 export interface IdleVariant {
-  /** Label in the table, e.g. "as shipped" or the NODE_OPTIONS tried. */
-  label: string;
+  /** Default: the checkout's dist/. */
+  agent?: AgentBuild;
+  /** Default: none, plain `node`. */
   nodeOptions?: string;
 }
 
 export interface IdleVariantResult {
+  /** "plain node" or "NODE_OPTIONS=...". */
   label: string;
+  agent: AgentBuildName;
   nodeOptions: string | undefined;
   rssBytes: number[];
   cpuPercent: number[];
@@ -43,6 +46,10 @@ function startBareSocketHolder(port: number): ChildProcess {
   return spawn(process.execPath, ['-e', script], { stdio: 'ignore' });
 }
 
+const buildOf = (variant: IdleVariant): AgentBuild => variant.agent ?? distAgent();
+const nodeOptionsLabel = (variant: IdleVariant): string => (variant.nodeOptions === undefined ? 'plain node' : `NODE_OPTIONS=${variant.nodeOptions}`);
+const describe = (variant: IdleVariant): string => `${buildOf(variant).name}, ${nodeOptionsLabel(variant)}`;
+
 export async function measureIdle(
   world: World,
   options: { processes: number; idleSeconds: number; variants: IdleVariant[] },
@@ -63,10 +70,10 @@ export async function measureIdle(
     for (const variant of options.variants) {
       for (let i = 0; i < options.processes; i++) {
         const { files } = await addDevice(world, { channels: 3 });
-        agents.push({ variant, agent: runAgent(files, variant.nodeOptions) });
+        agents.push({ variant, agent: runAgent(files, { agent: buildOf(variant), nodeOptions: variant.nodeOptions }) });
       }
     }
-    await Promise.all(agents.map(({ agent }) => waitForCount(agent, (l) => isFullyOnline(l, 3), 1, 60_000, 'online with 3 of 3 channels')));
+    await Promise.all(agents.map(({ variant, agent }) => waitForCount(agent, (l) => isFullyOnline(l, 3), 1, 60_000, `${describe(variant)} online with 3 of 3 channels`)));
     log(`  ${agents.length} agents and ${bares.length} bare processes up; idle for ${options.idleSeconds} s`);
 
     const cpuAt = (pid: number | undefined) => (pid === undefined ? Number.NaN : (cpuTimeMs(pid) ?? Number.NaN));
@@ -85,10 +92,13 @@ export async function measureIdle(
       const samples = agents.filter((a) => a.variant === variant).map((a) => sample(a.agent.child.pid));
       const rssBytes = samples.map((s) => s.rss);
       const cpuPercent = samples.map((s) => s.cpuPercent);
-      return { label: variant.label, nodeOptions: variant.nodeOptions, rssBytes, cpuPercent, medianRssBytes: median(rssBytes), medianCpuPercent: median(cpuPercent) };
+      return { label: nodeOptionsLabel(variant), agent: buildOf(variant).name, nodeOptions: variant.nodeOptions, rssBytes, cpuPercent, medianRssBytes: median(rssBytes), medianCpuPercent: median(cpuPercent) };
     });
-    const stillRunning = agents.filter((a) => a.agent.child.exitCode === null).length;
-    if (stillRunning !== agents.length) throw new Error(`${agents.length - stillRunning} agents exited during the idle window`);
+    const exited = agents.filter((a) => a.agent.child.exitCode !== null || a.agent.child.signalCode !== null);
+    if (exited.length > 0) {
+      const which = [...new Set(exited.map(({ variant }) => describe(variant)))].join('; ');
+      throw new Error(`${exited.length} agents (${which}) exited during the idle window; last output of one:\n${exited[0]?.agent.output.slice(-1500)}`);
+    }
     const bareRssBytes = bareSamples.map((s) => s.rss);
     const bareCpuPercent = bareSamples.map((s) => s.cpuPercent);
     return {

@@ -5,7 +5,7 @@ import { growth, heapSnapshotOptions, takeHeapSnapshot, type HeapSummary } from 
 import { isFullyOnline, waitForCount } from './agent-signals.js';
 import { openDescriptors, residentBytes } from './proc-stats.js';
 import { median } from './stats.js';
-import { addDevice, runAgent, type World } from './world.js';
+import { addDevice, runAgent, type AgentBuild, type AgentBuildName, type World } from './world.js';
 
 /**
  * No leaks: cycles of "the dev stack rotates the client secret, the agent is asked to check
@@ -15,7 +15,8 @@ import { addDevice, runAgent, type World } from './world.js';
  * - the resident size right after that full GC;
  * - the raw resident size (medians of a window of cycles), which also grows while V8 merely lets
  *   its heap expand under the churn, and so overstates leaks.
- * Open descriptors are sampled after every cycle.
+ * Open descriptors are sampled after every cycle. Runs the agent build it is given: the bench
+ * gives it the release bundle, as shipped.
  */
 
 export interface LeakRun {
@@ -36,6 +37,7 @@ export interface LeakRun {
 }
 
 export interface LeakResult {
+  agent: AgentBuildName;
   cyclesPerRun: number;
   runs: LeakRun[];
   medianLiveHeapGrowthBytes: number;
@@ -46,11 +48,11 @@ export interface LeakResult {
 
 const WINDOW = 25;
 
-async function cycleOne(world: World, cycles: number, log: (line: string) => void, label: string): Promise<LeakRun> {
+async function cycleOne(world: World, agentBuild: AgentBuild, cycles: number, log: (line: string) => void, label: string): Promise<LeakRun> {
   const { device, files, dir } = await addDevice(world, { channels: 3 });
   const snapshots = join(dir, 'heap');
   mkdirSync(snapshots);
-  const agent: AgentProcess = runAgent(files, heapSnapshotOptions(snapshots));
+  const agent: AgentProcess = runAgent(files, { agent: agentBuild, nodeOptions: heapSnapshotOptions(snapshots) });
   const warm = Math.min(Math.max(WINDOW, Math.floor(cycles / 10)), Math.max(1, cycles - WINDOW));
   let warmHeap: HeapSummary | undefined;
   let warmRssAfterGc = Number.NaN;
@@ -101,13 +103,18 @@ async function cycleOne(world: World, cycles: number, log: (line: string) => voi
   }
 }
 
-export async function measureLeak(world: World, options: { runs: number; cycles: number; parallel: number }, log: (line: string) => void): Promise<LeakResult> {
+export async function measureLeak(
+  world: World,
+  options: { agent: AgentBuild; runs: number; cycles: number; parallel: number },
+  log: (line: string) => void,
+): Promise<LeakResult> {
   const runs: LeakRun[] = [];
   for (let first = 0; first < options.runs; first += options.parallel) {
     const batch = Array.from({ length: Math.min(options.parallel, options.runs - first) }, (_, i) => first + i);
-    runs.push(...(await Promise.all(batch.map((i) => cycleOne(world, options.cycles, log, `leak run ${i + 1}/${options.runs}`)))));
+    runs.push(...(await Promise.all(batch.map((i) => cycleOne(world, options.agent, options.cycles, log, `leak run ${i + 1}/${options.runs} (${options.agent.name})`)))));
   }
   return {
+    agent: options.agent.name,
     cyclesPerRun: options.cycles,
     runs,
     medianLiveHeapGrowthBytes: median(runs.map((r) => r.liveHeapGrowthBytes)),

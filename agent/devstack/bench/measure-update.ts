@@ -6,14 +6,15 @@ import type { AgentProcess } from '../agent-process.js';
 import type { BrokerEvents } from '../broker.js';
 import { isFullyOnline, waitForCount } from './agent-signals.js';
 import { median } from './stats.js';
-import { addDevice, runAgent, type World, type WorldDevice } from './world.js';
+import { addDevice, runAgent, type AgentBuild, type AgentBuildName, type World, type WorldDevice } from './world.js';
 
 /**
  * Update latency: from an operator's change on the dev stack (new content and one more channel, in
  * one step) to the change applied on the device: `current/content` holds the new content and the
  * broker has granted the new channel's subscription. Triggers: SIGHUP (a manual check), the
  * periodic check (with a short interval, since the latency is dominated by it), and a request on
- * the control channel, each where the built agent supports it.
+ * the control channel, each where the built agent supports it. Runs the agent build it is given
+ * (the bench gives it the checkout's dist/).
  */
 
 export type UpdateTrigger = 'sighup' | 'periodic' | 'control';
@@ -29,6 +30,7 @@ export interface UpdateTriggerResult {
 }
 
 export interface UpdateResult {
+  agent: AgentBuildName;
   triggers: UpdateTriggerResult[];
 }
 
@@ -48,11 +50,17 @@ interface Running {
   channels: string[];
 }
 
-async function startOnline(world: World, config: Record<string, Record<string, unknown>>): Promise<Running> {
+async function startOnline(world: World, agentBuild: AgentBuild, config: Record<string, Record<string, unknown>>): Promise<Running> {
   // A channel named "control" is the agent's control channel; the other one is ordinary.
   const wd = await addDevice(world, { channelNames: ['control', 'telemetry'], config });
-  const agent = runAgent(wd.files);
-  await waitForCount(agent, (l) => isFullyOnline(l, 2), 1, 30_000, 'online with 2 of 2 channels');
+  const agent = runAgent(wd.files, { agent: agentBuild });
+  try {
+    await waitForCount(agent, (l) => isFullyOnline(l, 2), 1, 30_000, 'online with 2 of 2 channels');
+  } catch (error) {
+    // Not in the caller's pool yet, so nobody else would stop it.
+    await agent.stop(3_000);
+    throw error;
+  }
   return { wd, agent, channels: [...wd.device.channelIds] };
 }
 
@@ -98,7 +106,7 @@ async function changeAndWait(world: World, running: Running, run: number, trigge
 
 export async function measureUpdate(
   world: World,
-  options: { runs: number; periodicIntervalMs: number; triggers: UpdateTrigger[] },
+  options: { agent: AgentBuild; runs: number; periodicIntervalMs: number; triggers: UpdateTrigger[] },
   log: (line: string) => void,
 ): Promise<UpdateResult> {
   const results: UpdateTriggerResult[] = [];
@@ -122,7 +130,7 @@ export async function measureUpdate(
     const latencyMs: number[] = [];
     try {
       const agents = trigger === 'control' ? options.runs : 1;
-      for (let i = 0; i < agents; i++) pool.push(await startOnline(world, config));
+      for (let i = 0; i < agents; i++) pool.push(await startOnline(world, options.agent, config));
       for (let run = 1; run <= options.runs; run++) {
         const running = pool[trigger === 'control' ? run - 1 : 0] as Running;
         if (trigger === 'periodic') await sleep(Math.random() * options.periodicIntervalMs); // a change arrives at any moment of the period
@@ -149,5 +157,5 @@ export async function measureUpdate(
       ...(trigger === 'periodic' ? { intervalMs: options.periodicIntervalMs } : {}),
     });
   }
-  return { triggers: results };
+  return { agent: options.agent.name, triggers: results };
 }

@@ -4,7 +4,7 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AgentConfigSchema } from '../../config/schema.js';
-import { AgentProcess } from '../agent-process.js';
+import { AgentProcess, agentEntryPoint } from '../agent-process.js';
 import { makeTestCerts, type TestCerts } from '../dev-pki.js';
 import { cleanAgentEnv, registerDevice, writeDeviceFiles, type DeviceFiles, type RegisteredDevice } from '../scenario.js';
 import { startDevStack, type DevStack, type DevStackOptions } from '../stack.js';
@@ -129,10 +129,34 @@ export async function addDevice(world: World, options: DeviceOptions = {}): Prom
   return { device, files, dir };
 }
 
+/**
+ * Which build of the agent runs: the checkout's tsc output (dist/, loading its packages from
+ * node_modules/) or the esbuild bundle of an unpacked release tarball, which is what a device runs.
+ * Every figure names the one it measured, since the two load very differently.
+ */
+export type AgentBuildName = 'dist' | 'release bundle';
+
+export interface AgentBuild {
+  name: AgentBuildName;
+  /** The program node runs. */
+  entry: string;
+}
+
+export function distAgent(): AgentBuild {
+  return { name: 'dist', entry: agentEntryPoint() };
+}
+
+export interface RunAgentOptions {
+  /** Default: the checkout's dist/. */
+  agent?: AgentBuild;
+  nodeOptions?: string;
+}
+
 /** Starts the real built agent on a device's files. */
-export function runAgent(files: DeviceFiles, nodeOptions?: string): AgentProcess {
+export function runAgent(files: DeviceFiles, options: RunAgentOptions = {}): AgentProcess {
   return new AgentProcess({
     args: ['run', '--config', files.configFile],
-    env: cleanAgentEnv(nodeOptions === undefined ? {} : { NODE_OPTIONS: nodeOptions }),
+    entry: (options.agent ?? distAgent()).entry,
+    env: cleanAgentEnv(options.nodeOptions === undefined ? {} : { NODE_OPTIONS: options.nodeOptions }),
   });
 }
