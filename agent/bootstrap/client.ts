@@ -1,6 +1,7 @@
 import { getGlobalDispatcher, type Dispatcher } from 'undici';
 import { AgentError } from '../errors/agent-error.js';
 import { cipherName, decryptCfb } from './crypto.js';
+import { startDeadline } from './deadline.js';
 import type { DeviceConfig } from './model.js';
 import { mapBootstrapResponse, type MappingFallbacks } from './response.js';
 import {
@@ -111,10 +112,7 @@ export class BootstrapClient {
 
     const callerSignal = options.signal;
     callerSignal?.throwIfAborted();
-    const deadline = new AbortController();
-    const timer = setTimeout(() => deadline.abort(new DeadlineExpired()), timeoutMs);
-    const onCallerAbort = (): void => deadline.abort(callerSignal?.reason);
-    callerSignal?.addEventListener('abort', onCallerAbort, { once: true });
+    const deadline = startDeadline(callerSignal, timeoutMs, () => new DeadlineExpired());
 
     // Every failure below HTTP goes through here: our deadline, the caller's abort, or the network.
     const transportFailure = (err: unknown, stage: 'connect' | 'body'): unknown => {
@@ -180,8 +178,7 @@ export class BootstrapClient {
         response.body.on('error', ignore).destroy();
       }
     } finally {
-      clearTimeout(timer);
-      callerSignal?.removeEventListener('abort', onCallerAbort);
+      deadline.dispose();
     }
   }
 

@@ -1,6 +1,7 @@
 import { setTimeout as sleepTimer } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { AgentConfig } from '../config/schema.js';
+import { startDeadline } from '../bootstrap/deadline.js';
 import type { DeviceConfig } from '../bootstrap/model.js';
 import { AgentError, toAgentError, type ErrorCode } from '../errors/agent-error.js';
 import { backoffDelay, firstAttemptDelay, policyFor, withRetryAfter } from './backoff.js';
@@ -736,21 +737,18 @@ export class AgentRuntime<G extends GenerationPort> {
   /** Fetches with the check's deadline. Resolves to the config, or rejects with the classified error. */
   private async fetchForCheck(): Promise<DeviceConfig> {
     const deadlineMs = this.checkDeadlineMs();
-    const deadline = new AbortController();
-    const timer = setTimeout(
-      () =>
-        deadline.abort(
-          new AgentError('BOOTSTRAP_TIMEOUT', `configuration check did not finish within its deadline of ${deadlineMs} ms`, { details: { deadlineMs } }),
-        ),
+    const deadline = startDeadline(
+      this.abort.signal,
       deadlineMs,
+      () => new AgentError('BOOTSTRAP_TIMEOUT', `configuration check did not finish within its deadline of ${deadlineMs} ms`, { details: { deadlineMs } }),
     );
     try {
-      return await this.fetchConfig(AbortSignal.any([this.abort.signal, deadline.signal]));
+      return await this.fetchConfig(deadline.signal);
     } catch (err) {
       if (!this.abort.signal.aborted && deadline.signal.aborted) throw deadline.signal.reason;
       throw err;
     } finally {
-      clearTimeout(timer);
+      deadline.dispose();
     }
   }
 
