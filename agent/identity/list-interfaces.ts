@@ -58,7 +58,9 @@ async function readSysfsFacts(sysClassNet: string, name: string) {
 
 async function loadSystemInformation(): Promise<SiNetworkInterfaces> {
   // Loaded on demand: the package is large and only needed when the ID comes from a MAC.
-  const si = await import('systeminformation');
+  // systeminformation is CommonJS: Node's own loader also exposes its exports by name, a bundle
+  // (the release) only as `default`, which both have.
+  const si = (await import('systeminformation')).default;
   return () => si.networkInterfaces();
 }
 

@@ -118,6 +118,19 @@ describe('release tarball from scripts/build-release.sh', () => {
     expect(devStack.stderr).toContain('only available in a source checkout');
   });
 
+  it('derives the external ID from the MAC address exactly as the tsc build does (systeminformation inside the bundle)', async () => {
+    const dir = tempWorkDir(each, 'mgda-release-identity-');
+    const keyFile = join(dir, 'external_key');
+    writeFileSync(keyFile, 'k\n', { mode: 0o600 });
+    const config = join(dir, 'agent.json');
+    writeFileSync(config, JSON.stringify({ bootstrap: { url: 'http://127.0.0.1:9' }, identity: { externalKeyFile: keyFile }, state: { dir: join(dir, 'state') } }));
+    const fromDist = await runCli(['identity', '--config', config]);
+    const fromBundle = await runCli(['identity', '--config', config], { entry: join(unpacked, NAME, 'dist/cli/main.js') });
+    expect(fromDist.code, fromDist.stderr).toBe(0); // this machine has a usable interface (the demo needs one too)
+    expect(fromDist.stdout).toContain('source: interface');
+    expect({ code: fromBundle.code, stdout: fromBundle.stdout, stderr: fromBundle.stderr }).toEqual(fromDist);
+  });
+
   it('does the whole job as shipped: secure bootstrap, certificates on disk, mutual TLS, subscribed; provision; --version from package.json', async () => {
     const entry = join(unpacked, NAME, 'dist/cli/main.js');
     const version = spawnSync(process.execPath, [entry, '--version'], { encoding: 'utf8', cwd: unpacked });
