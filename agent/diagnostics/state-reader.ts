@@ -104,3 +104,14 @@ export async function agentProcessState(pid: number, readCmdline = (p: number) =
   const isAgent = args.some((a) => a.endsWith('cli/main.js') || a.endsWith('mg-device-agent')) && args.includes('run');
   return isAgent ? 'running' : 'gone';
 }
+
+/**
+ * The pid of another agent running on this state directory, if one is: two would race over its files
+ * and take turns throwing each other off the broker (one client ID). A status file that says the
+ * agent stopped, or whose pid is gone or no longer the agent, means none.
+ */
+export async function runningAgentPid(stateDir: string): Promise<number | undefined> {
+  const recorded = await readStatusFile(stateDir);
+  if (!('status' in recorded) || recorded.status.state === 'stopped' || recorded.status.pid === process.pid) return undefined;
+  return (await agentProcessState(recorded.status.pid)) === 'running' ? recorded.status.pid : undefined;
+}

@@ -42,6 +42,7 @@ const CLASS_BY_CODE: Record<ErrorCode, FailureClass> = {
   CERT_KEY_MISMATCH: 'invalid',
   STORAGE_WRITE_FAILED: 'transient', // disk full or read-only: may clear
   STORAGE_CORRUPT: 'invalid',
+  STORAGE_STATE_DIR_IN_USE: 'transient', // refused at start-up; systemd retries once the other agent is gone
   MQTT_NETWORK: 'transient',
   MQTT_TIMEOUT: 'transient',
   MQTT_TLS: 'operator',

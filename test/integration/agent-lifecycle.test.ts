@@ -260,6 +260,30 @@ describe('status file', () => {
     expect((await agent.stop()).code).toBe(0);
     expect(read()).toMatchObject({ state: 'stopped', connection: { connected: false } });
   });
+
+  it('a second agent on the same state directory refuses to start, naming the one running; after that one stops it starts', async () => {
+    const s = await startStack(t);
+    const device = await registerDevice(s, { externalId: randomExternalId(), enable: true });
+    const connects = countConnects(s, device.clientId);
+    const files = writeDeviceFiles(tempWorkDir(t, 'mgda-life-'), { externalId: device.externalId, bootstrapUrl: s.bootstrapUrl, externalKey: device.externalKey });
+    const first = run(files.configFile);
+    await first.waitFor(onlineWith(2), 15_000, 'online');
+    const statusPath = join(files.stateDir, 'status.json');
+    for (let i = 0; i < 100 && !readFileSync(statusPath, 'utf8').includes('"online"'); i++) await sleep(50);
+
+    const second = run(files.configFile);
+    expect((await second.exited).code).toBe(1);
+    const refusal = second.lines.filter((l) => l.level === 'fatal' || l.level === 60);
+    expect(refusal).toHaveLength(1);
+    expect(refusal[0]).toMatchObject({ code: 'STORAGE_STATE_DIR_IN_USE', otherPid: first.child.pid });
+    expect(String(refusal[0]?.msg)).toContain(`another agent (pid ${first.child.pid}) is running on ${files.stateDir}`);
+    expect(connects()).toBe(1); // the first agent's session was never disturbed
+    expect(first.child.exitCode).toBeNull();
+
+    expect((await first.stop()).code).toBe(0);
+    const third = run(files.configFile);
+    await third.waitFor(onlineWith(2), 15_000, 'online after the first one stopped');
+  });
 });
 
 describe('restarts and power cuts', () => {

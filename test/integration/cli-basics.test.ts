@@ -1,6 +1,9 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { spawn } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
+import { agentEntryPoint } from '../../agent/devstack/agent-process.js';
+import { cleanAgentEnv } from '../../agent/devstack/scenario.js';
 import { tempWorkDir, useTeardown } from '../helpers/agent-harness.js';
 import { runCli } from '../helpers/run-cli.js';
 
@@ -50,5 +53,19 @@ describe('mg-device-agent CLI', () => {
     const invalid = await runCli(['status', '--config', configFile]);
     expect(invalid.code).toBe(78);
     expect(invalid.stderr).toContain('control.maxRequestsPerMinute');
+  });
+
+  it('a reader that goes away (doctor | head) ends the command quietly, without a stack trace', async () => {
+    const dir = tempWorkDir(t, 'mgda-cli-epipe-');
+    const config = join(dir, 'agent.json');
+    writeFileSync(config, JSON.stringify({ bootstrap: { url: 'http://127.0.0.1:9' }, identity: { externalId: 'dev-1', externalKeyFile: join(dir, 'missing') }, state: { dir: join(dir, 'state') } }));
+    const child = spawn(process.execPath, [agentEntryPoint(), 'doctor', '--config', config], { env: cleanAgentEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.destroy(); // the reader is gone before the first line
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+    expect(stderr).not.toContain('EPIPE');
+    expect(stderr).not.toMatch(/\n\s+at /); // no stack trace
+    expect(code).not.toBeNull();
   });
 });

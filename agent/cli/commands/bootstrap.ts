@@ -39,11 +39,11 @@ export async function execute(args: string[]): Promise<number> {
   const logger = cliLogger();
 
   if (!dryRun) {
-    const { readStatusFile, agentProcessState } = await import('../../diagnostics/state-reader.js');
-    const recorded = await readStatusFile(config.state.dir);
-    if ('status' in recorded && (await agentProcessState(recorded.status.pid)) === 'running') {
+    const { runningAgentPid } = await import('../../diagnostics/state-reader.js');
+    const pid = await runningAgentPid(config.state.dir);
+    if (pid !== undefined) {
       return fail(
-        `the agent is running (pid ${recorded.status.pid}); two writers would race over ${config.state.dir}. ` +
+        `the agent is running (pid ${pid}); two writers would race over ${config.state.dir}. ` +
           'Ask it to check now with "systemctl reload mg-device-agent" (SIGHUP), or use --dry-run to see what would change',
         EXIT.failure,
       );

@@ -1,5 +1,6 @@
 import { EXIT, EXIT_CODES_HELP, parseOrUsage, print, version, CONFIG_OPTION, HELP_OPTION } from '../args.js';
 import { parseArgs } from 'node:util';
+import type { ErrorCode } from '../../errors/agent-error.js';
 
 /** `run`: the long-running systemd service. Its help is built lazily (it lists every variable of the schema). */
 
@@ -43,6 +44,16 @@ async function runCommand(configPath: string | undefined): Promise<number> {
   }
   const logger = createLogger({ level: loaded.config.log.level });
   logger.info({ version: version(), config: loaded.file ?? '(defaults and environment)', pid: process.pid }, 'mg-device-agent starting');
+  const { runningAgentPid } = await import('../../diagnostics/state-reader.js');
+  const otherPid = await runningAgentPid(loaded.config.state.dir);
+  if (otherPid !== undefined) {
+    logger.fatal(
+      { code: 'STORAGE_STATE_DIR_IN_USE' satisfies ErrorCode, otherPid, stateDir: loaded.config.state.dir },
+      `cannot start: another agent (pid ${otherPid}) is running on ${loaded.config.state.dir}; two would fight over its files and ` +
+        'its client ID. Stop that one first (systemctl stop mg-device-agent), or give this one its own state.dir',
+    );
+    return EXIT.failure;
+  }
   const { buildAgent } = await import('../../composition-root.js');
   let agent;
   try {
