@@ -687,6 +687,7 @@ export class AgentRuntime<G extends GenerationPort> {
     this.setState('bootstrapping');
     const fetched = await this.fetchConfig(this.abort.signal);
     this.checkStop();
+    this.checkFailure = undefined; // Bootstrap answered: an earlier failed check is no longer news
     if (current && sameConfig(current.config, fetched)) return undefined;
     const gen = await this.writeGeneration(fetched);
     this.log.info(
@@ -911,7 +912,10 @@ export class AgentRuntime<G extends GenerationPort> {
       this.checkRunning = false;
     }
     this.finishCheck(due, outcome);
-    return retryNow ? 'retry-now' : 'continue';
+    // An explicit request (SIGHUP, `systemctl reload`) is someone saying "try now": the connection is
+    // retried at once instead of when the backoff runs out, whatever the check found.
+    if (!retryNow && due.explicit) this.log.info({ reasons: due.reasons }, 'explicit request: retrying the connection now');
+    return retryNow || due.explicit ? 'retry-now' : 'continue';
   }
 
   // ---------------------------------------------------------------------------------------------
