@@ -16,7 +16,8 @@ const HINTS: Partial<Record<ErrorCode, string>> = {
   IDENTITY_INTERFACE_UNUSABLE: 'identity.interface has no usable MAC: choose another or set identity.externalId',
   BOOTSTRAP_NETWORK: 'check bootstrap.url, DNS, routing and firewalls, and that the Bootstrap service runs (default port 9013)',
   BOOTSTRAP_TIMEOUT: 'the Bootstrap service did not answer in time: check the network path and the server load (bootstrap.timeoutMs)',
-  BOOTSTRAP_TLS: "the Bootstrap server's certificate is not trusted: add its CA with bootstrap.caFile",
+  BOOTSTRAP_TLS:
+    "the TLS handshake failed: an untrusted server certificate needs its CA in bootstrap.caFile; a port that speaks plain HTTP (ERR_SSL_WRONG_VERSION_NUMBER) needs an http:// URL or the TLS port",
   BOOTSTRAP_TLS_CLOCK: 'a certificate is not valid at the current time: fix the clock (NTP) first',
   BOOTSTRAP_BAD_REQUEST: 'the server refused the request: check the external ID (see "mg-device-agent identity")',
   BOOTSTRAP_UNAUTHORIZED: 'the server did not accept the Authorization scheme: check bootstrap.family (clients or things)',
@@ -38,7 +39,8 @@ const HINTS: Partial<Record<ErrorCode, string>> = {
   STORAGE_CORRUPT: 'the state directory is damaged: the agent falls back to an older generation or bootstraps again',
   MQTT_NETWORK: 'the broker is unreachable: check the broker URL, DNS, firewalls (1883, or 8883 for TLS)',
   MQTT_TIMEOUT: 'the broker did not answer CONNECT in time: check the network path and the broker',
-  MQTT_TLS: "the broker's certificate is not trusted: ca_cert in the bootstrap config or mqtt.caFile",
+  MQTT_TLS:
+    "the TLS handshake failed: an untrusted broker certificate needs ca_cert in the bootstrap config or mqtt.caFile; a port that speaks plain MQTT (ERR_SSL_WRONG_VERSION_NUMBER) needs an mqtt:// URL or the TLS port",
   MQTT_TLS_CLOCK: 'a certificate is not valid at the current time: fix the clock (NTP) first',
   MQTT_AUTH_REFUSED:
     'the broker refused the client ID and secret (client removed or secret rotated): "mg-device-agent bootstrap --once" fetches the current ones',
