@@ -40,14 +40,17 @@ ${EXIT_CODES_HELP} doctor: 0 every check passed (warnings allowed), 1 a check fa
 Run "mg-device-agent <command> --help" for a command's options.`;
 
 export async function main(argv: string[]): Promise<number> {
-  // `mg-device-agent doctor | head`: a reader that went away is not an error worth a stack trace.
-  for (const stream of [process.stdout, process.stderr]) {
-    stream.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'EPIPE') process.exit(process.exitCode ?? EXIT.ok);
-      throw err;
-    });
-  }
   const [command, ...rest] = argv;
+  // `mg-device-agent doctor | head`: a reader that went away is not an error worth a stack trace.
+  // Not for `run`: under systemd a lost journal stream must stay a failure that gets it restarted.
+  if (command !== 'run') {
+    for (const stream of [process.stdout, process.stderr]) {
+      stream.on('error', (err: NodeJS.ErrnoException) => {
+        if (err.code === 'EPIPE') process.exit(process.exitCode ?? EXIT.ok);
+        throw err;
+      });
+    }
+  }
   if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
     print(HELP);
     return command === undefined ? EXIT.usage : EXIT.ok;
